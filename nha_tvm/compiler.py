@@ -1,0 +1,105 @@
+"""Build and cache: kernel definition + schedule -> compiled module, on disk and in memory.
+
+A compiled module is keyed by everything that changes its binary: the kernel, its static
+parameters (head counts, dims, slots, chunk size, dtypes), the architecture, the versions of
+nha_tvm, TVM and tvm-ffi, and a digest of the kernel and schedule sources. Lengths and batch
+sizes are symbolic in every kernel, so a new sequence length never recompiles.
+
+Modules live in ``$NHA_TVM_CACHE_DIR`` (default ``~/.cache/nha_tvm``); a file is written under a
+temporary name and renamed, so a crash or a concurrent build never leaves a torn module, and a
+module that fails to load is rebuilt.
+"""
+
+import functools
+import hashlib
+import json
+import logging
+import os
+import pathlib
+import tempfile
+import threading
+import time
+
+import tvm
+import tvm_ffi
+
+from . import __version__
+from .kernels import KERNELS
+from .targets import target_for
+
+log = logging.getLogger(__name__)
+
+_PACKAGE_DIR = pathlib.Path(__file__).resolve().parent
+_loaded: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def cache_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("NHA_TVM_CACHE_DIR", pathlib.Path.home() / ".cache" / "nha_tvm"))
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest() -> str:
+    """Digest of the kernel definitions and schedules: an edit to either changes every key."""
+    import nha_tvm.schedules as schedules
+
+    h = hashlib.sha256()
+    for root in (_PACKAGE_DIR / "kernels", pathlib.Path(schedules.__file__).resolve().parent):
+        for path in sorted(root.rglob("*.py")):
+            h.update(path.name.encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(kernel: str, params: dict, arch: str) -> str:
+    fields = {"kernel": kernel, "params": params, "arch": arch, "nha_tvm": __version__,
+              "tvm": tvm.__version__, "tvm_ffi": tvm_ffi.__version__, "source": source_digest()}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
+    return f"{kernel}-{arch}-{digest}"
+
+
+def build(kernel: str, params: dict, arch: str):
+    """Schedule and compile ``kernel`` for ``arch``; returns the TVM executable."""
+    from nha_tvm.schedules import default_schedule
+
+    func = KERNELS[kernel](**params)
+    target = target_for(arch)
+    sch = default_schedule(func, target)
+    return tvm.compile(sch.mod, target=target)
+
+
+def get_kernel(kernel: str, arch: str, **params):
+    """The compiled function of ``kernel`` for ``arch``: from memory, the disk cache, or a build."""
+    key = cache_key(kernel, params, arch)
+    func = _loaded.get(key)
+    if func is not None:
+        return func
+    with _lock:
+        if key not in _loaded:
+            _loaded[key] = _load_or_build(key, kernel, params, arch)
+    return _loaded[key]
+
+
+def _load_or_build(key: str, kernel: str, params: dict, arch: str):
+    path = cache_dir() / f"{key}.so"
+    if path.exists():
+        try:
+            module = tvm.runtime.load_module(str(path))
+            log.debug("nha_tvm: cache hit %s", path)
+            return module[kernel]
+        except Exception as err:  # noqa: BLE001 - a torn or foreign file is rebuilt, not fatal
+            log.warning("nha_tvm: cached module %s does not load (%s); rebuilding", path, err)
+    start = time.perf_counter()
+    executable = build(kernel, params, arch)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        executable.export_library(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    log.debug("nha_tvm: compiled %s for %s in %.2f s -> %s", kernel, arch,
+              time.perf_counter() - start, path)
+    return tvm.runtime.load_module(str(path))[kernel]

@@ -1,0 +1,43 @@
+"""TVM targets for torch devices, and the names that key compiled modules by architecture."""
+
+import functools
+
+import torch
+import tvm
+
+# Targets carry the device limits that MetaSchedule and the CUDA codegen read
+# (max_threads_per_block, shared memory); a bare {"kind": "cuda"} lacks them.
+CUDA_TAGS = {(9, 0): "nvidia/nvidia-h100", (8, 0): "nvidia/nvidia-a100"}
+
+
+def cpu_target() -> tvm.target.Target:
+    return tvm.target.Target({"kind": "llvm"})
+
+
+def cuda_target(arch: str) -> tvm.target.Target:
+    """Target for an ``sm_XY`` architecture: the TVM tag where one exists, else the limits
+    every CUDA GPU since sm_70 has."""
+    major, minor = int(arch[3:-1]), int(arch[-1])
+    if (major, minor) in CUDA_TAGS:
+        return tvm.target.Target(CUDA_TAGS[(major, minor)])
+    return tvm.target.Target({"kind": "cuda", "arch": arch, "max_threads_per_block": 1024,
+                              "max_shared_memory_per_block": 49152, "thread_warp_size": 32})
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_arch(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"sm_{major}{minor}"
+
+
+def arch_name(device: torch.device) -> str:
+    """``cpu`` or ``sm_XY``: the folder name of tuning logs and the arch part of cache keys."""
+    if device.type == "cpu":
+        return "cpu"
+    if device.type == "cuda":
+        return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+    raise ValueError(f"unsupported device {device}: nha_tvm runs on cpu and cuda")
+
+
+def target_for(arch: str) -> tvm.target.Target:
+    return cpu_target() if arch == "cpu" else cuda_target(arch)

@@ -1,0 +1,121 @@
+"""PyTorch custom ops ``torch.ops.nha.prefill`` and ``torch.ops.nha.decode``.
+
+Each op allocates its outputs with torch (so CUDA graphs and the caching allocator see them),
+derives the varlen metadata with torch ops on the device (no host sync), and calls the compiled
+TVM functions with torch tensors, which tvm-ffi passes zero-copy through DLPack on torch's
+current CUDA stream. Inputs are validated by the public functions in ``nha_tvm.attention``.
+"""
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from nha_tvm.schedules import CHUNK_SIZE
+
+from .compiler import get_kernel
+from .targets import arch_name
+
+# int32 indexing inside the kernels; the public API clamps larger windows (W >= T is all the same)
+INT32_MAX = 2**31 - 1
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _chunk_metadata(cu: Tensor, total: int, chunk: int):
+    """Per sequence the index of its first chunk, and per chunk its sequence (N for the
+    padding chunks of the upper bound total // chunk + N, which the kernel skips)."""
+    n = cu.shape[0] - 1
+    lens = cu[1:] - cu[:-1]
+    chunk_offsets = torch.zeros(n + 1, dtype=torch.int32, device=cu.device)
+    chunk_offsets[1:] = torch.cumsum((lens + chunk - 1) // chunk, 0)
+    num_chunks = total // chunk + n
+    ids = torch.arange(num_chunks, dtype=torch.int32, device=cu.device)
+    chunk_seq = (torch.searchsorted(chunk_offsets, ids, right=True) - 1).to(torch.int32)
+    return chunk_offsets, chunk_seq, num_chunks
+
+
+def _positions(cu: Tensor, total: int) -> Tensor:
+    """Position of every packed token inside its own sequence."""
+    lens = (cu[1:] - cu[:-1]).long()
+    seq = torch.repeat_interleave(torch.arange(lens.shape[0], device=cu.device), lens, output_size=total)
+    return (torch.arange(total, device=cu.device) - cu.long()[seq]).to(torch.int32)
+
+
+@torch.library.custom_op("nha::prefill", mutates_args=(), device_types=("cpu", "cuda"))
+def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: Tensor,
+            h0k: Optional[Tensor], h0v: Optional[Tensor], window: int, scale: float,
+            rope_theta: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
+    """Packed prefill: q [1, total, HQ, K] ... with int32 cu_seqlens [N + 1].
+    Returns o [1, total, HQ, V] and the final slot states hk [N, H, K, M], hv [N, H, M, V]."""
+    _, total, HQ, K = q.shape
+    H, V, M = k.shape[2], v.shape[3], g.shape[3]
+    N = cu_seqlens.shape[0] - 1
+    dev = q.device
+    o = torch.empty(1, total, HQ, V, dtype=q.dtype, device=dev)
+    hk = torch.empty(N, H, K, M, dtype=torch.float32, device=dev)
+    hv = torch.empty(N, H, M, V, dtype=torch.float32, device=dev)
+    if h0k is None:
+        h0k = torch.zeros_like(hk)
+        h0v = torch.zeros_like(hv)
+    if total == 0:
+        hk.copy_(h0k)
+        hv.copy_(h0v)
+        return o, hk, hv
+    arch = arch_name(dev)
+    io, gate = dtype_name(q.dtype), dtype_name(g.dtype)
+    q3, k3, v3 = q.view(total, HQ, K), k.view(total, H, K), v.view(total, H, V)
+    g3, s3 = g.view(total, H, M), s.view(total, H, M)
+    chunk_offsets, chunk_seq, num_chunks = _chunk_metadata(cu_seqlens, total, CHUNK_SIZE)
+    chunk_k = torch.empty(num_chunks, H, K, M, dtype=torch.float32, device=dev)
+    chunk_v = torch.empty(num_chunks, H, M, V, dtype=torch.float32, device=dev)
+    window = min(window, total)
+    scan = get_kernel("slot_state_scan", arch, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
+                      kv_dtype=io, gate_dtype=gate)
+    scan(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv, window)
+    if rope_theta is not None:
+        positions = _positions(cu_seqlens, total)
+        q_rot, k_rot = torch.empty_like(q3), torch.empty_like(k3)
+        get_kernel("rope", arch, heads=HQ, K=K, io_dtype=io)(q3, positions, q_rot, rope_theta)
+        get_kernel("rope", arch, heads=H, K=K, io_dtype=io)(k3, positions, k_rot, rope_theta)
+    else:
+        q_rot, k_rot = q3, k3
+    attend = get_kernel("chunk_attend", arch, HQ=HQ, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
+                        io_dtype=io, gate_dtype=gate)
+    attend(q3, q_rot, k3, k_rot, v3, g3, s3, cu_seqlens, chunk_offsets, chunk_seq, chunk_k,
+           chunk_v, o.view(total, HQ, V), window, scale)
+    return o, hk, hv
+
+
+@prefill.register_fake
+def _(q, k, v, g, s, cu_seqlens, h0k, h0v, window, scale, rope_theta):
+    _, total, HQ, K = q.shape
+    H, V, M = k.shape[2], v.shape[3], g.shape[3]
+    N = cu_seqlens.shape[0] - 1
+    return (q.new_empty(1, total, HQ, V),
+            q.new_empty(N, H, K, M, dtype=torch.float32),
+            q.new_empty(N, H, M, V, dtype=torch.float32))
+
+
+@torch.library.custom_op("nha::decode", device_types=("cpu", "cuda"),
+                         mutates_args=("hk", "hv", "ring_k", "ring_v", "ring_g", "ring_s", "pos"))
+def decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, hk: Tensor, hv: Tensor,
+           ring_k: Tensor, ring_v: Tensor, ring_g: Tensor, ring_s: Tensor, pos: Tensor,
+           window: int, scale: float, rope_theta: Optional[float]) -> Tensor:
+    """One token per sequence: q [B, HQ, K], k [B, H, K], v [B, H, V], g and s [B, H, M];
+    updates the cache tensors in place and returns o [B, HQ, V]."""
+    B, HQ, K = q.shape
+    H, V, M = k.shape[1], v.shape[2], g.shape[2]
+    o = torch.empty(B, HQ, V, dtype=q.dtype, device=q.device)
+    step = get_kernel("decode_step", arch_name(q.device), HQ=HQ, H=H, K=K, V=V, M=M,
+                      io_dtype=dtype_name(q.dtype), gate_dtype=dtype_name(g.dtype))
+    step(q, k, v, g, s, hk, hv, ring_k, ring_v, ring_g, ring_s, pos, o, window, scale,
+         int(rope_theta is not None), 1.0 if rope_theta is None else rope_theta)
+    return o
+
+
+@decode.register_fake
+def _(q, k, v, g, s, hk, hv, ring_k, ring_v, ring_g, ring_s, pos, window, scale, rope_theta):
+    return q.new_empty(q.shape[0], q.shape[1], v.shape[2])

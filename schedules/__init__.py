@@ -1,0 +1,37 @@
+"""Default schedules per target, dlight style: each rule handles the kernels it knows.
+
+``default_schedule(func, target)`` tries the target's rules in order and returns the first
+schedule a rule produces. The tuning search (``nha-tune``) explores the knobs these rules fix.
+"""
+
+from tvm.s_tir import Schedule
+
+from .base import ScheduleRule
+from .cuda import RULES as CUDA_RULES
+from .llvm import RULES as LLVM_RULES
+
+RULES_BY_TARGET_KIND = {"cuda": CUDA_RULES, "llvm": LLVM_RULES}
+
+
+def default_schedule(func, target) -> Schedule:
+    """Schedule ``func`` (an unscheduled NHA PrimFunc) for ``target`` with the first rule that applies."""
+    kind = target.kind.name
+    if kind not in RULES_BY_TARGET_KIND:
+        raise ValueError(f"no schedules for target kind {kind!r}; supported: {sorted(RULES_BY_TARGET_KIND)}")
+    for rule in RULES_BY_TARGET_KIND[kind]:
+        sch = rule.apply(func, target)
+        if sch is not None:
+            return sch
+    raise ValueError(f"no {kind} schedule rule handles kernel {kernel_name(func)!r}")
+
+
+def kernel_name(func) -> str:
+    """The ``nha.kernel`` attribute that every kernel definition sets."""
+    return str(func.attrs["nha.kernel"])
+
+
+__all__ = ["CHUNK_SIZE", "ScheduleRule", "default_schedule", "kernel_name"]
+
+# Tokens per chunk of the prefill passes: the state pass stores one state per chunk and the
+# output pass runs one thread per token of a chunk. A knob of the tuning search.
+CHUNK_SIZE = 64

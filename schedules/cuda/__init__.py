@@ -1,0 +1,7 @@
+"""CUDA default schedules (no tuning needed; correct for every shape)."""
+
+from .chunk_attend import ChunkAttend
+from .decode_step import DecodeStep
+from .thread_per_element import ThreadPerElement
+
+RULES = [ChunkAttend(), DecodeStep(), ThreadPerElement()]

@@ -1,0 +1,5 @@
+"""CPU (llvm) default schedules."""
+
+from .parallel_outer import ParallelOuter
+
+RULES = [ParallelOuter()]

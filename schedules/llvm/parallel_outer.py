@@ -1,0 +1,32 @@
+"""CPU: the outer spatial loops of every block, fused, run on a parallel thread pool.
+
+Every NHA kernel is a spatial loop nest around serial work (a recurrence, a token's read-out),
+so parallel outer loops are the whole CPU schedule. The innermost spatial loop of the state
+pass and of RoPE stays serial inside each task, which keeps the tasks large.
+"""
+
+from tvm.s_tir import Schedule
+
+from ..base import ScheduleRule, fused_loops, top_blocks
+
+# Loops fused into the parallel loop, per kernel and block; the rest run serially per task.
+PARALLEL_DEPTH = {
+    "slot_state_scan": {"key_state": 3, "value_state": 3},
+    "chunk_attend": {"attend": 2},
+    "rope": {"rope": 2},
+    "decode_step": {"key_update": 2, "value_update": 2, "ring_write_k": 2, "ring_write_v": 2,
+                    "ring_write_gate": 2, "attend": 2, "advance": 1},
+}
+
+
+class ParallelOuter(ScheduleRule):
+    kernels = tuple(PARALLEL_DEPTH)
+
+    def apply(self, func, target) -> Schedule | None:
+        if not self.handles(func):
+            return None
+        depths = PARALLEL_DEPTH[str(func.attrs["nha.kernel"])]
+        sch = Schedule(func)
+        for block in top_blocks(sch):
+            sch.parallel(fused_loops(sch, block, depths[sch.get(block).name_hint]))
+        return sch
