@@ -49,6 +49,11 @@ def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_
         for b, h, i, m in T.grid(B, H, K, M):
             with T.sblock("key_update"):
                 vb, vh, vi, vm = T.axis.remap("SSSS", [b, h, i, m])
+                # in-place element update: hk is read where it is written, by the same thread,
+                # so only the other inputs are declared (the schedule needs disjoint reads/writes)
+                T.reads(pos[vb], g[vb, vh, vm], k[vb, vh, vi], ring_g[vb, 0:R, vh, vm],
+                        ring_k[vb, 0:R, vh, vi], ring_s[vb, 0:R, vh, vm], s[vb, vh, vm])
+                T.writes(hk[vb, vh, vi, vm])
                 if pos[vb] >= window:
                     if window == 0:
                         hk[vb, vh, vi, vm] = hk[vb, vh, vi, vm] * T.exp(T.Cast("float32", g[vb, vh, vm])) + (
@@ -59,6 +64,9 @@ def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_
         for b, h, m, e in T.grid(B, H, M, V):
             with T.sblock("value_update"):
                 vb, vh, vm, ve = T.axis.remap("SSSS", [b, h, m, e])
+                T.reads(pos[vb], g[vb, vh, vm], v[vb, vh, ve], ring_g[vb, 0:R, vh, vm],
+                        ring_v[vb, 0:R, vh, ve], ring_s[vb, 0:R, vh, vm], s[vb, vh, vm])
+                T.writes(hv[vb, vh, vm, ve])
                 if pos[vb] >= window:
                     if window == 0:
                         hv[vb, vh, vm, ve] = hv[vb, vh, vm, ve] * T.exp(T.Cast("float32", g[vb, vh, vm])) + (
@@ -149,6 +157,8 @@ def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_
         for b in T.serial(B):
             with T.sblock("advance"):
                 vb = T.axis.remap("S", [b])
+                T.reads()
+                T.writes(pos[vb])
                 pos[vb] = pos[vb] + 1
 
     return func
