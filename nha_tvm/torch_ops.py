@@ -20,6 +20,11 @@ from .targets import arch_name
 INT32_MAX = 2**31 - 1
 
 
+def new_output(*shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Every buffer a kernel writes comes from here (the tests poison it)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -54,9 +59,9 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     H, V, M = k.shape[2], v.shape[3], g.shape[3]
     N = cu_seqlens.shape[0] - 1
     dev = q.device
-    o = torch.empty(1, total, HQ, V, dtype=q.dtype, device=dev)
-    hk = torch.empty(N, H, K, M, dtype=torch.float32, device=dev)
-    hv = torch.empty(N, H, M, V, dtype=torch.float32, device=dev)
+    o = new_output(1, total, HQ, V, dtype=q.dtype, device=dev)
+    hk = new_output(N, H, K, M, dtype=torch.float32, device=dev)
+    hv = new_output(N, H, M, V, dtype=torch.float32, device=dev)
     if h0k is None:
         h0k = torch.zeros_like(hk)
         h0v = torch.zeros_like(hv)
@@ -69,15 +74,16 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     q3, k3, v3 = q.view(total, HQ, K), k.view(total, H, K), v.view(total, H, V)
     g3, s3 = g.view(total, H, M), s.view(total, H, M)
     chunk_offsets, chunk_seq, num_chunks = _chunk_metadata(cu_seqlens, total, CHUNK_SIZE)
-    chunk_k = torch.empty(num_chunks, H, K, M, dtype=torch.float32, device=dev)
-    chunk_v = torch.empty(num_chunks, H, M, V, dtype=torch.float32, device=dev)
+    chunk_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
+    chunk_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
     window = min(window, total)
     scan = get_kernel("slot_state_scan", arch, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
                       kv_dtype=io, gate_dtype=gate)
     scan(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv, window)
     if rope_theta is not None:
         positions = _positions(cu_seqlens, total)
-        q_rot, k_rot = torch.empty_like(q3), torch.empty_like(k3)
+        q_rot = new_output(total, HQ, K, dtype=q.dtype, device=dev)
+        k_rot = new_output(total, H, K, dtype=q.dtype, device=dev)
         get_kernel("rope", arch, heads=HQ, K=K, io_dtype=io)(q3, positions, q_rot, rope_theta)
         get_kernel("rope", arch, heads=H, K=K, io_dtype=io)(k3, positions, k_rot, rope_theta)
     else:
@@ -108,7 +114,7 @@ def decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, hk: Tensor, hv
     updates the cache tensors in place and returns o [B, HQ, V]."""
     B, HQ, K = q.shape
     H, V, M = k.shape[1], v.shape[2], g.shape[2]
-    o = torch.empty(B, HQ, V, dtype=q.dtype, device=q.device)
+    o = new_output(B, HQ, V, dtype=q.dtype, device=q.device)
     step = get_kernel("decode_step", arch_name(q.device), HQ=HQ, H=H, K=K, V=V, M=M,
                       io_dtype=dtype_name(q.dtype), gate_dtype=dtype_name(g.dtype))
     step(q, k, v, g, s, hk, hv, ring_k, ring_v, ring_g, ring_s, pos, o, window, scale,

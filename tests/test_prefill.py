@@ -1,0 +1,64 @@
+"""Prefill kernels against the float64 reference of the spec."""
+
+import pytest
+import torch
+
+import nha_tvm
+from nha_tvm.reference import nha_reference
+
+from .conftest import DEVICE_CASES, make_inputs, rel_err
+
+
+def check(device, dtype, tol, B, T, HQ, H, K, V, M, W, rope=None, with_s=False, initial=False):
+    q, k, v, g, s = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype, with_s=with_s)
+    state = None
+    if initial:
+        state = (torch.randn(B, H, K, M, device=device), torch.randn(B, H, M, V, device=device))
+    o, final = nha_tvm.nha_attention(q, k, v, g, window=W, s=s, rope_theta=rope,
+                                     initial_state=state, output_final_state=True)
+    ref, ref_final = nha_reference(q, k, v, g, window=W, s=s, rope_theta=rope,
+                                   initial_state=state, output_final_state=True)
+    assert o.shape == (B, T, HQ, V) and o.dtype == dtype
+    assert rel_err(o, ref) <= tol
+    assert final[0].dtype == torch.float32 and final[0].shape == (B, H, K, M)
+    assert rel_err(final[0], ref_final[0]) <= max(tol, 1e-5)
+    assert rel_err(final[1], ref_final[1]) <= max(tol, 1e-5)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("T", [1, 2, 63, 64, 65, 300])
+@pytest.mark.parametrize("W", [0, 1, 3, 64, 1000])
+def test_windows_and_lengths(device, dtype, tol, T, W):
+    check(device, dtype, tol, B=2, T=T, HQ=2, H=2, K=16, V=16, M=16, W=W)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("M", [1, 16, 64])
+def test_slots(device, dtype, tol, M):
+    check(device, dtype, tol, B=1, T=130, HQ=2, H=1, K=16, V=8, M=M, W=5)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("rope", [None, 10000.0])
+@pytest.mark.parametrize("W", [0, 3, 64])
+def test_gqa_kv_dims_rope(device, dtype, tol, rope, W):
+    check(device, dtype, tol, B=2, T=100, HQ=4, H=2, K=16, V=24, M=8, W=W, rope=rope)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+def test_initial_state_and_explicit_s(device, dtype, tol):
+    check(device, dtype, tol, B=2, T=90, HQ=2, H=2, K=8, V=12, M=4, W=7, with_s=True, initial=True)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+def test_full_attention_window_is_softmax_with_null_slots(device, dtype, tol):
+    """W >= T: the slots never fill, so NHA is causal softmax attention plus M zero-logit keys."""
+    B, T, H, K, M = 1, 50, 2, 16, 4
+    q, k, v, g, _ = make_inputs(B, T, H, H, K, K, M, device=device, dtype=dtype)
+    o, _ = nha_tvm.nha_attention(q, k, v, g, window=T)
+    qd, kd, vd = (x.double().transpose(1, 2) for x in (q, k, v))
+    logits = qd @ kd.transpose(-1, -2) * K ** -0.5
+    logits = logits.masked_fill(torch.ones(T, T, dtype=torch.bool, device=device).triu(1), float("-inf"))
+    null = torch.zeros(B, H, T, M, dtype=torch.float64, device=device)
+    p = torch.softmax(torch.cat([null, logits], -1), -1)[..., M:]
+    assert rel_err(o, (p @ vd).transpose(1, 2)) <= tol

@@ -1,0 +1,77 @@
+"""Packed variable-length prefill, decode steps against prefill, and the layer."""
+
+import pytest
+import torch
+
+import nha_tvm
+from nha_tvm.reference import nha_reference
+
+from .conftest import DEVICE_CASES, make_inputs, rel_err
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("rope", [None, 10000.0])
+@pytest.mark.parametrize("W", [0, 3, 64])
+def test_varlen_three_sequences(device, dtype, tol, rope, W):
+    lens = [1, 17, 100]
+    cu = torch.tensor([0, 1, 18, 118], dtype=torch.int32, device=device)
+    q, k, v, g, _ = make_inputs(1, sum(lens), 4, 2, 16, 8, 8, device=device, dtype=dtype)
+    state = (torch.randn(3, 2, 16, 8, device=device), torch.randn(3, 2, 8, 8, device=device))
+    o, final = nha_tvm.nha_attention(q, k, v, g, window=W, rope_theta=rope, cu_seqlens=cu,
+                                     initial_state=state, output_final_state=True)
+    ref, ref_final = nha_reference(q, k, v, g, window=W, rope_theta=rope, cu_seqlens=cu,
+                                   initial_state=state, output_final_state=True)
+    assert rel_err(o, ref) <= tol
+    assert final[0].shape == (3, 2, 16, 8)
+    assert rel_err(final[0], ref_final[0]) <= max(tol, 1e-5)
+    assert rel_err(final[1], ref_final[1]) <= max(tol, 1e-5)
+    # each packed sequence equals the same sequence alone: nothing crosses a boundary
+    lo, hi = 1, 18
+    alone, _ = nha_tvm.nha_attention(q[:, lo:hi], k[:, lo:hi], v[:, lo:hi], g[:, lo:hi], window=W,
+                                     rope_theta=rope, initial_state=(state[0][1:2], state[1][1:2]))
+    assert rel_err(o[:, lo:hi], alone) <= tol
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("rope", [None, 10000.0])
+@pytest.mark.parametrize("W", [0, 1, 3, 64])
+def test_prefill_then_decode_equals_prefill(device, dtype, tol, rope, W):
+    B, T, t0, HQ, H, K, V, M = 2, 80, 50, 4, 2, 16, 8, 8
+    q, k, v, g, _ = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype)
+    whole, _ = nha_tvm.nha_attention(q, k, v, g, window=W, rope_theta=rope)
+    o, state = nha_tvm.nha_attention(q[:, :t0], k[:, :t0], v[:, :t0], g[:, :t0], window=W,
+                                     rope_theta=rope, output_final_state=True)
+    cache = nha_tvm.NHACache.from_prefill(k[:, :t0], v[:, :t0], g[:, :t0], state, window=W)
+    steps = [nha_tvm.nha_decode(q[:, t], k[:, t], v[:, t], g[:, t], cache, rope_theta=rope)
+             for t in range(t0, T)]
+    assert rel_err(torch.cat([o, torch.stack(steps, 1)], 1), whole) <= tol
+    assert cache.positions.tolist() == [T] * B
+    ref, _ = nha_reference(q, k, v, g, window=W, rope_theta=rope)
+    assert rel_err(torch.stack(steps, 1), ref[:, t0:]) <= tol
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+def test_decode_from_empty_cache(device, dtype, tol):
+    B, T, HQ, H, K, V, M, W = 3, 40, 2, 1, 8, 8, 16, 5
+    q, k, v, g, s = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype, with_s=True)
+    cache = nha_tvm.NHACache.empty(B, H, K, V, M, W, device=device, dtype=dtype)
+    steps = [nha_tvm.nha_decode(q[:, t], k[:, t], v[:, t], g[:, t], cache, s=s[:, t]) for t in range(T)]
+    ref, _ = nha_reference(q, k, v, g, window=W, s=s)
+    assert rel_err(torch.stack(steps, 1), ref) <= tol
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+def test_layer_prefill_and_decode(device, dtype, tol):
+    layer = nha_tvm.NativeHybridAttention(64, num_heads=4, num_kv_heads=2, num_slots=8, window=6,
+                                          device=device, dtype=dtype)
+    x = torch.randn(2, 30, 64, device=device, dtype=dtype)
+    with torch.no_grad():
+        y = layer(x)
+        q, k, v, g = layer.project(x)
+        o, _ = nha_reference(q, k, v, g, window=6, rope_theta=layer.rope_theta)
+        expected = layer.o_proj(layer.o_norm(torch.nn.functional.silu(o.to(dtype))).reshape(2, 30, -1))
+        assert y.shape == x.shape
+        assert rel_err(y, expected) <= 3 * tol
+        y_pre, cache = layer(x[:, :20], use_cache=True)
+        y_dec, cache = layer(x[:, 20:], cache)
+        assert rel_err(torch.cat([y_pre, y_dec], 1), y) <= 3 * tol
