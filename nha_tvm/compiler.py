@@ -6,8 +6,9 @@ nha_tvm, TVM and tvm-ffi, and a digest of the kernel and schedule sources. Lengt
 sizes are symbolic in every kernel, so a new sequence length never recompiles.
 
 Modules live in ``$NHA_TVM_CACHE_DIR`` (default ``~/.cache/nha_tvm``); a file is written under a
-temporary name and renamed, so a crash or a concurrent build never leaves a torn module, and a
-module that fails to load is rebuilt.
+temporary name and renamed, so a crash or a concurrent build never leaves a torn module; its
+sha256 is recorded beside it and checked before loading, and a module that fails either check
+is rebuilt.
 """
 
 import functools
@@ -83,23 +84,59 @@ def get_kernel(kernel: str, arch: str, **params):
 def _load_or_build(key: str, kernel: str, params: dict, arch: str):
     path = cache_dir() / f"{key}.so"
     if path.exists():
-        try:
-            module = tvm.runtime.load_module(str(path))
-            log.debug("nha_tvm: cache hit %s", path)
-            return module[kernel]
-        except Exception as err:  # noqa: BLE001 - a torn or foreign file is rebuilt, not fatal
-            log.warning("nha_tvm: cached module %s does not load (%s); rebuilding", path, err)
+        problem = _verify(path)
+        if problem is None:
+            try:
+                module = tvm.runtime.load_module(str(path))
+                log.debug("nha_tvm: cache hit %s", path)
+                return module[kernel]
+            except Exception as err:  # noqa: BLE001 - a foreign file is rebuilt, not fatal
+                problem = str(err)
+        log.warning("nha_tvm: cached module %s is unusable (%s); rebuilding", path, problem)
     start = time.perf_counter()
     executable = build(kernel, params, arch)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".so", dir=path.parent)
-    os.close(fd)
+    tmp = _temp_path(path)
     try:
         executable.export_library(tmp)
+        digest = _sha256(tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    _write_atomic(_digest_path(path), json.dumps({"sha256": digest}))
     log.debug("nha_tvm: compiled %s for %s in %.2f s -> %s", kernel, arch,
               time.perf_counter() - start, path)
     return tvm.runtime.load_module(str(path))[kernel]
+
+
+def _digest_path(path: pathlib.Path) -> pathlib.Path:
+    return path.with_suffix(".sha256.json")
+
+
+def _verify(path: pathlib.Path) -> str | None:
+    """Why the cached module must not be loaded, or None. A torn shared library crashes the
+    process inside dlopen, so its digest is checked first."""
+    try:
+        expected = json.loads(_digest_path(path).read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no valid digest beside it"
+    return None if _sha256(path) == expected else "its sha256 differs from the one recorded"
+
+
+def _sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _temp_path(path: pathlib.Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def _write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = _temp_path(path)
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

@@ -1,0 +1,125 @@
+"""torch.library ops, torch.compile, the module cache, CUDA streams and graphs."""
+
+import logging
+
+import pytest
+import torch
+
+import nha_tvm
+from nha_tvm import compiler
+
+from .conftest import CUDA, DEVICE_CASES, make_inputs, rel_err
+
+DEVICES = [pytest.param("cpu")] + [
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")])]
+
+
+def prefill_args(device):
+    q, k, v, g, s = make_inputs(1, 40, 4, 2, 8, 8, 4, device=device, with_s=True)
+    cu = torch.tensor([0, 15, 40], dtype=torch.int32, device=device)
+    return (q, k, v, g, s, cu, None, None, 5, 0.3, 10000.0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_prefill(device):
+    torch.library.opcheck(torch.ops.nha.prefill.default, prefill_args(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_decode(device):
+    B, H, K, V, M, W = 2, 2, 8, 8, 4, 3
+    cache = nha_tvm.NHACache.empty(B, H, K, V, M, W, device=device)
+    q, k, v, g, s = (x[:, 0] for x in make_inputs(B, 1, 4, H, K, V, M, device=device, with_s=True))
+    args = (q, k, v, g, s, cache.hk, cache.hv, cache.ring_k, cache.ring_v, cache.ring_g,
+            cache.ring_s, cache.positions, W, 0.35, None)
+    torch.library.opcheck(torch.ops.nha.decode.default, args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    q, k, v, g, _ = make_inputs(2, 33, 4, 2, 8, 8, 4, device=device)
+
+    def layer_math(q, k, v, g):
+        o, _ = nha_tvm.nha_attention(q, k, v, g, window=4, rope_theta=10000.0)
+        return torch.nn.functional.silu(o) * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(layer_math, fullgraph=True)
+    assert rel_err(compiled(q, k, v, g), layer_math(q, k, v, g)) <= 1e-6
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("NHA_TVM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(compiler, "_loaded", {})
+    builds = []
+    real_build = compiler.build
+    monkeypatch.setattr(compiler, "build", lambda *a: builds.append(a[0]) or real_build(*a))
+    return tmp_path, builds
+
+
+def test_new_lengths_and_batches_do_not_recompile(fresh_cache, caplog):
+    cache_dir, builds = fresh_cache
+    with caplog.at_level(logging.DEBUG, logger="nha_tvm.compiler"):
+        for B, T in ((1, 10), (3, 70), (2, 129)):
+            nha_tvm.nha_attention(*make_inputs(B, T, 2, 2, 8, 8, 4)[:4], window=3)
+    assert sorted(builds) == ["chunk_attend", "slot_state_scan"]
+    assert "compiled chunk_attend" in caplog.text
+    assert len(list(cache_dir.glob("*.so"))) == 2
+    # a new process (empty memory cache) loads from disk and logs the hit
+    compiler._loaded.clear()
+    with caplog.at_level(logging.DEBUG, logger="nha_tvm.compiler"):
+        nha_tvm.nha_attention(*make_inputs(1, 20, 2, 2, 8, 8, 4)[:4], window=3)
+    assert len(builds) == 2 and "cache hit" in caplog.text
+
+
+def test_corrupt_cached_module_is_rebuilt(fresh_cache, monkeypatch, caplog):
+    cache_dir, builds = fresh_cache
+    args = make_inputs(1, 20, 2, 2, 8, 8, 4)[:4]
+    expected, _ = nha_tvm.nha_attention(*args, window=3)
+    # the same file names in another cache dir, torn (a loaded library is never overwritten)
+    torn_dir = cache_dir / "torn"
+    torn_dir.mkdir()
+    for path in [p for p in cache_dir.iterdir() if p.is_file()]:
+        (torn_dir / path.name).write_bytes(path.read_bytes()[:1000] if path.suffix == ".so" else path.read_bytes())
+    monkeypatch.setenv("NHA_TVM_CACHE_DIR", str(torn_dir))
+    compiler._loaded.clear()
+    with caplog.at_level(logging.WARNING, logger="nha_tvm.compiler"):
+        out, _ = nha_tvm.nha_attention(*args, window=3)
+    assert "rebuilding" in caplog.text and len(builds) == 4
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_runs_on_the_current_torch_stream():
+    args = make_inputs(1, 500, 4, 2, 64, 64, 16, device="cuda", dtype=torch.bfloat16)[:4]
+    expected, _ = nha_tvm.nha_attention(*args, window=16)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            out, _ = nha_tvm.nha_attention(*args, window=16)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    assert torch.equal(out, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+def test_decode_in_a_cuda_graph():
+    B, H, K, V, M, W = 4, 2, 64, 64, 16, 8
+    q, k, v, g, _ = make_inputs(B, 12, 4, H, K, V, M, device="cuda", dtype=torch.bfloat16)
+    eager = nha_tvm.NHACache.empty(B, H, K, V, M, W, device="cuda", dtype=torch.bfloat16)
+    graphed = nha_tvm.NHACache.empty(B, H, K, V, M, W, device="cuda", dtype=torch.bfloat16)
+    static = [x[:, 0].clone() for x in (q, k, v, g)]
+    nha_tvm.nha_decode(*static, nha_tvm.NHACache.empty(B, H, K, V, M, W, device="cuda", dtype=torch.bfloat16))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = nha_tvm.nha_decode(*static, graphed)
+    for t in range(12):
+        for buf, x in zip(static, (q, k, v, g)):
+            buf.copy_(x[:, t])
+        graph.replay()
+        ref = nha_tvm.nha_decode(q[:, t], k[:, t], v[:, t], g[:, t], eager)
+        assert rel_err(out, ref) <= 1e-6
