@@ -62,3 +62,12 @@ def test_full_attention_window_is_softmax_with_null_slots(device, dtype, tol):
     null = torch.zeros(B, H, T, M, dtype=torch.float64, device=device)
     p = torch.softmax(torch.cat([null, logits], -1), -1)[..., M:]
     assert rel_err(o, (p @ vd).transpose(1, 2)) <= tol
+
+
+def test_non_contiguous_inputs():
+    q, k, v, g, _ = make_inputs(3, 40, 2, 2, 8, 8, 4)
+    strided = [x.transpose(0, 1).contiguous().transpose(0, 1) for x in (q, k, v, g)]
+    assert not strided[0].is_contiguous()
+    o, _ = nha_tvm.nha_attention(*strided, window=5)
+    ref, _ = nha_reference(q, k, v, g, window=5)
+    assert rel_err(o, ref) <= 1e-5
