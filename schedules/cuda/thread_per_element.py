@@ -2,24 +2,18 @@
 
 The state pass is a set of independent serial recurrences (one per state element) and RoPE
 is elementwise: both just need enough threads, consecutive threads on the innermost
-(contiguous) axis so that loads and stores coalesce.
+(contiguous) axis so that loads and stores coalesce. Knob: threads per block.
 """
 
-from tvm.s_tir import Schedule
-
 from ..base import ScheduleRule, bind_threads, fused_loops, top_blocks
+
+THREADS = (64, 128, 256, 512, 1024)
 
 
 class ThreadPerElement(ScheduleRule):
     kernels = ("slot_state_scan", "rope")
 
-    def __init__(self, threads: int = 256):
-        self.threads = threads
-
-    def apply(self, func, target) -> Schedule | None:
-        if not self.handles(func):
-            return None
-        sch = Schedule(func)
+    def schedule(self, sch, knobs):
+        threads = knobs.choose(THREADS, 256)
         for block in top_blocks(sch):
-            bind_threads(sch, fused_loops(sch, block), self.threads)
-        return sch
+            bind_threads(sch, fused_loops(sch, block), threads)

@@ -2,12 +2,11 @@
 
 Every NHA kernel is a spatial loop nest around serial work (a recurrence, a token's read-out),
 so parallel outer loops are the whole CPU schedule. The innermost spatial loop of the state
-pass and of RoPE stays serial inside each task, which keeps the tasks large.
+pass and of RoPE stays serial inside each task, which keeps the tasks large. Knob: how far the
+constant-extent inner loops unroll.
 """
 
-from tvm.s_tir import Schedule
-
-from ..base import ScheduleRule, fused_loops, top_blocks
+from ..base import ScheduleRule, fused_loops, top_blocks, unroll
 
 # Loops fused into the parallel loop, per kernel and block; the rest run serially per task.
 PARALLEL_DEPTH = {
@@ -17,16 +16,16 @@ PARALLEL_DEPTH = {
     "decode_step": {"key_update": 2, "value_update": 2, "ring_write_k": 2, "ring_write_v": 2,
                     "ring_write_gate": 2, "attend": 2, "advance": 1},
 }
+UNROLL = (0, 8, 32, 128)
 
 
 class ParallelOuter(ScheduleRule):
     kernels = tuple(PARALLEL_DEPTH)
 
-    def apply(self, func, target) -> Schedule | None:
-        if not self.handles(func):
-            return None
-        depths = PARALLEL_DEPTH[str(func.attrs["nha.kernel"])]
-        sch = Schedule(func)
+    def schedule(self, sch, knobs):
+        depths = PARALLEL_DEPTH[str(sch.mod["main"].attrs["nha.kernel"])]
+        max_step = knobs.choose(UNROLL, 0)
         for block in top_blocks(sch):
-            sch.parallel(fused_loops(sch, block, depths[sch.get(block).name_hint]))
-        return sch
+            outer = fused_loops(sch, block, depths[sch.get(block).name_hint])
+            sch.parallel(outer)
+            unroll(sch, outer, max_step)
