@@ -70,14 +70,18 @@ def build(kernel: str, params: dict, arch: str):
 
 
 def get_kernel(kernel: str, arch: str, **params):
-    """The compiled function of ``kernel`` for ``arch``: from memory, the disk cache, or a build."""
+    """The compiled function of ``kernel`` for ``arch``: from memory, a loaded op package, the
+    disk cache, or a build."""
     key = cache_key(kernel, params, arch)
     func = _loaded.get(key)
     if func is not None:
         return func
     with _lock:
         if key not in _loaded:
-            _loaded[key] = _load_or_build(key, kernel, params, arch)
+            from .op_package import packaged_kernel  # imported here: op_package imports this module
+
+            func = packaged_kernel(kernel, params, arch)
+            _loaded[key] = func if func is not None else _load_or_build(key, kernel, params, arch)
     return _loaded[key]
 
 

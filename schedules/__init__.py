@@ -1,7 +1,7 @@
 """Default schedules per target, dlight style: each rule handles the kernels it knows.
 
-``default_schedule(func, target)`` tries the target's rules in order and returns the first
-schedule a rule produces. The tuning search (``nha-tune``) explores the knobs these rules fix.
+``rule_for(func, target)`` finds the target's rule for a kernel; ``default_schedule`` applies
+it with every knob at its default. The tuning search (``nha-tune``) explores the knobs these rules fix.
 """
 
 from tvm.s_tir import Schedule
@@ -13,16 +13,20 @@ from .llvm import RULES as LLVM_RULES
 RULES_BY_TARGET_KIND = {"cuda": CUDA_RULES, "llvm": LLVM_RULES}
 
 
-def default_schedule(func, target) -> Schedule:
-    """Schedule ``func`` (an unscheduled NHA PrimFunc) for ``target`` with the first rule that applies."""
+def rule_for(func, target) -> ScheduleRule:
+    """The rule of ``target`` that handles ``func`` (an unscheduled NHA PrimFunc)."""
     kind = target.kind.name
     if kind not in RULES_BY_TARGET_KIND:
         raise ValueError(f"no schedules for target kind {kind!r}; supported: {sorted(RULES_BY_TARGET_KIND)}")
     for rule in RULES_BY_TARGET_KIND[kind]:
-        sch = rule.apply(func, target)
-        if sch is not None:
-            return sch
+        if rule.handles(func):
+            return rule
     raise ValueError(f"no {kind} schedule rule handles kernel {kernel_name(func)!r}")
+
+
+def default_schedule(func, target) -> Schedule:
+    """``func`` scheduled by its rule with every knob at its default."""
+    return rule_for(func, target).apply(func, target)
 
 
 def kernel_name(func) -> str:
@@ -30,7 +34,7 @@ def kernel_name(func) -> str:
     return str(func.attrs["nha.kernel"])
 
 
-__all__ = ["CHUNK_SIZE", "ScheduleRule", "default_schedule", "kernel_name"]
+__all__ = ["CHUNK_SIZE", "ScheduleRule", "default_schedule", "kernel_name", "rule_for"]
 
 # Tokens per chunk of the prefill passes: the state pass stores one state per chunk and the
 # output pass runs one thread per token of a chunk. A knob of the tuning search.

@@ -1,0 +1,137 @@
+"""Tuning records at build time: the shipped databases, then the user's, one record per kernel.
+
+A record directory (``<root>/<arch>/``) holds a pruned MetaSchedule JSON database
+(``database_workload.json``, ``database_tuning_record.json``: the best record per workload) and
+``metadata.json`` (versions, device, date, and the workloads it covers). A directory written by
+another TVM, tvm-ffi or nha_tvm version, or for another arch, is ignored with a warning; a
+corrupt one too: the kernels then use their default schedules.
+"""
+
+import dataclasses
+import functools
+import json
+import logging
+import math
+import os
+import pathlib
+
+import tvm
+import tvm_ffi
+
+from .. import __version__
+from .workloads import Workload
+
+log = logging.getLogger(__name__)
+
+METADATA = "metadata.json"
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+FAILED_SECONDS = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    workload: Workload
+    trace: str  # the trace as JSON text
+    seconds: float
+    source: str  # the directory it came from
+
+    @property
+    def digest(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(self.trace.encode()).hexdigest()[:12]
+
+
+def user_dir() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("NHA_TVM_TUNING_DIR", pathlib.Path.home() / ".cache" / "nha_tvm" / "tuning"))
+
+
+def shipped_dir() -> pathlib.Path:
+    import nha_tvm.tuning_logs as shipped
+
+    return pathlib.Path(shipped.__file__).resolve().parent
+
+
+def versions() -> dict:
+    return {"nha_tvm": __version__, "tvm": tvm.__version__, "tvm_ffi": tvm_ffi.__version__}
+
+
+def read_database(arch_dir: pathlib.Path) -> dict[str, tuple[str, str, float]]:
+    """shash -> (workload line, best record line, seconds) of a MetaSchedule JSON database.
+    Lines that do not parse (a run killed mid-write) are skipped."""
+    workloads = []
+    for line in _lines(arch_dir / WORKLOADS):
+        workloads.append((json.loads(line)[0], line))
+    best: dict[str, tuple[str, str, float]] = {}
+    for line in _lines(arch_dir / RECORDS):
+        index, record = json.loads(line)
+        run_secs = [float(x) for x in record[1]]
+        if not run_secs or index >= len(workloads) or max(run_secs) >= FAILED_SECONDS:
+            continue  # MetaSchedule records a candidate that failed to build or run as 1e10 s
+        seconds = sum(run_secs) / len(run_secs)
+        shash, workload_line = workloads[index]
+        if shash not in best or seconds < best[shash][2]:
+            best[shash] = (workload_line, line, seconds)
+    return best
+
+
+def _lines(path: pathlib.Path):
+    if not path.exists():
+        return
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            log.warning("nha_tvm: skipping a truncated line in %s", path)
+            continue
+        yield line
+
+
+@functools.lru_cache(maxsize=None)
+def load_dir(arch_dir: str, arch: str) -> tuple[Record, ...]:
+    """The records of one directory, or none (with one warning) when it is unusable."""
+    path = pathlib.Path(arch_dir)
+    if not (path / METADATA).exists():
+        return ()
+    try:
+        meta = json.loads((path / METADATA).read_text())
+        if meta.get("arch") != arch:
+            log.warning("nha_tvm: ignoring tuning records in %s: made for arch %s, not %s", path, meta.get("arch"), arch)
+            return ()
+        if meta.get("versions") != versions():
+            log.warning("nha_tvm: ignoring tuning records in %s: made with %s, running %s", path, meta.get("versions"), versions())
+            return ()
+        database = read_database(path)
+        records = []
+        for entry in meta["workloads"]:
+            if entry["shash"] in database:
+                _, record_line, seconds = database[entry["shash"]]
+                trace = json.dumps(json.loads(record_line)[1][0])
+                records.append(Record(Workload.from_json(entry["workload"]), trace, seconds, str(path)))
+        return tuple(records)
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as err:
+        log.warning("nha_tvm: ignoring corrupt tuning records in %s (%s); using default schedules", path, err)
+        return ()
+
+
+def candidates(kernel: str, params: dict, arch: str) -> list[Record]:
+    """Records of ``kernel`` with exactly these static parameters, shipped ones first."""
+    found = []
+    for root in (shipped_dir(), user_dir()):
+        for record in load_dir(str(root / arch), arch):
+            if record.workload.kernel == kernel and record.workload.param_dict == params:
+                found.append(record)
+    return found
+
+
+def nearest(records: list[Record], length: int | None) -> Record | None:
+    """The record whose bucket is nearest ``length`` (log scale); the fastest when no length."""
+    if not records:
+        return None
+    if length is None or length < 1:
+        return min(records, key=lambda r: r.seconds)
+    return min(records, key=lambda r: (abs(math.log(r.workload.length / length)), r.seconds))
