@@ -20,6 +20,7 @@ from nha_tvm.schedules import CHUNK_SIZE
 
 from .op_package import MANIFEST_NAME, OPS_DIR_ENV, OPS_STRICT_ENV, start_package, write_manifest, write_module
 from .targets import arch_name
+from .tuning.records import candidates
 from .validation import SUPPORTED_DTYPES
 
 SIZE_FIELDS = ("heads", "kv_heads", "head_dim", "value_dim", "slots")
@@ -192,11 +193,15 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     start_package(args.out)
     modules = []
-    with tqdm(requests, desc=f"nha-build {args.arch}", unit="module") as progress:
-        for request in progress:
+    # one module per tuned bucket of each kernel (the default schedule where none is tuned)
+    builds = [(request, record) for request in requests
+              for record in (candidates(request.kernel, request.params, args.arch) or [None])]
+    with tqdm(builds, desc=f"nha-build {args.arch}", unit="module") as progress:
+        for request, record in progress:
             progress.set_postfix_str(f"{request.kernel} {request.dtype}")
             modules.append(write_module(args.out, request.kernel, request.params, args.arch,
-                                        dtype=request.dtype, gate_dtype=request.gate_dtype))
+                                        dtype=request.dtype, gate_dtype=request.gate_dtype,
+                                        record=record))
     manifest = write_manifest(args.out, args.arch, args.model, modules)
     size = sum(m["bytes"] for m in modules) / 2**20
     print(f"nha-build: {len(modules)} modules for {args.arch} ({size:.1f} MiB) in "

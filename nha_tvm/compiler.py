@@ -52,27 +52,46 @@ def source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def cache_key(kernel: str, params: dict, arch: str) -> str:
-    fields = {"kernel": kernel, "params": params, "arch": arch, "nha_tvm": __version__,
+def cache_key(kernel: str, params: dict, arch: str, schedule: str = "default") -> str:
+    """``schedule`` is ``default`` or the digest of the tuning record the module was built from."""
+    fields = {"kernel": kernel, "params": params, "arch": arch, "schedule": schedule, "nha_tvm": __version__,
               "tvm": tvm.__version__, "tvm_ffi": tvm_ffi.__version__, "source": source_digest()}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return f"{kernel}-{arch}-{digest}"
 
 
-def build(kernel: str, params: dict, arch: str):
-    """Schedule and compile ``kernel`` for ``arch``; returns the TVM executable."""
+def build(kernel: str, params: dict, arch: str, record=None):
+    """Schedule ``kernel`` for ``arch`` with a tuning record's trace (when given and it applies)
+    or the default schedule, and compile it; returns the TVM executable."""
     from nha_tvm.schedules import default_schedule
+
+    from .tuning.records import apply_trace
 
     func = KERNELS[kernel](**params)
     target = target_for(arch)
-    sch = default_schedule(func, target)
+    sch = None
+    if record is not None:
+        try:
+            sch = apply_trace(func, record.trace)
+            log.info("nha_tvm: %s uses the tuned record of bucket %s (%s)", kernel,
+                     record.workload.name, record.source)
+        except Exception as err:  # noqa: BLE001 - a trace of another bucket may not replay
+            log.info("nha_tvm: the tuned record of bucket %s does not apply to %s (%s); "
+                     "default schedule", record.workload.name, kernel, err)
+    else:
+        log.info("nha_tvm: no tuning record for %s %s on %s; default schedule", kernel, params, arch)
+    if sch is None:
+        sch = default_schedule(func, target)
     return tvm.compile(sch.mod, target=target)
 
 
-def get_kernel(kernel: str, arch: str, **params):
+def get_kernel(kernel: str, arch: str, *, length: int | None = None, **params):
     """The compiled function of ``kernel`` for ``arch``: from memory, a loaded op package, the
-    disk cache, or a build."""
-    key = cache_key(kernel, params, arch)
+    disk cache, or a build. ``length`` (tokens, or the decode batch) picks the nearest tuned
+    bucket when tuning records exist."""
+    record = tuned_record(kernel, params, arch, length)
+    schedule = "default" if record is None else record.digest
+    key = cache_key(kernel, params, arch, schedule)
     func = _loaded.get(key)
     if func is not None:
         return func
@@ -80,12 +99,19 @@ def get_kernel(kernel: str, arch: str, **params):
         if key not in _loaded:
             from .op_package import packaged_kernel  # imported here: op_package imports this module
 
-            func = packaged_kernel(kernel, params, arch)
-            _loaded[key] = func if func is not None else _load_or_build(key, kernel, params, arch)
+            func = packaged_kernel(kernel, params, arch, schedule)
+            _loaded[key] = func if func is not None else _load_or_build(key, kernel, params, arch, record)
     return _loaded[key]
 
 
-def _load_or_build(key: str, kernel: str, params: dict, arch: str):
+def tuned_record(kernel: str, params: dict, arch: str, length: int | None):
+    """The tuning record of the bucket nearest ``length``, or None (default schedule)."""
+    from .tuning import records
+
+    return records.nearest(records.candidates(kernel, params, arch), length)
+
+
+def _load_or_build(key: str, kernel: str, params: dict, arch: str, record):
     path = cache_dir() / f"{key}.so"
     if path.exists():
         problem = _verify(path)
@@ -98,7 +124,7 @@ def _load_or_build(key: str, kernel: str, params: dict, arch: str):
                 problem = str(err)
         log.warning("nha_tvm: cached module %s is unusable (%s); rebuilding", path, problem)
     start = time.perf_counter()
-    executable = build(kernel, params, arch)
+    executable = build(kernel, params, arch, record)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
     try:

@@ -60,11 +60,13 @@ def start_package(directory: pathlib.Path) -> None:
 
 
 def write_module(directory: pathlib.Path, kernel: str, params: dict, arch: str, *,
-                 dtype: str, gate_dtype: str | None) -> dict:
-    """Compile one kernel into ``directory``; returns its manifest entry."""
-    key = cache_key(kernel, params, arch)
+                 dtype: str, gate_dtype: str | None, record=None) -> dict:
+    """Compile one kernel (with a tuning record's schedule, or the default) into ``directory``;
+    returns its manifest entry."""
+    schedule = "default" if record is None else record.digest
+    key = cache_key(kernel, params, arch, schedule)
     path = directory / f"{key}.so"
-    executable = build(kernel, params, arch)
+    executable = build(kernel, params, arch, record)
     fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".so", dir=directory)
     os.close(fd)
     try:
@@ -78,7 +80,8 @@ def write_module(directory: pathlib.Path, kernel: str, params: dict, arch: str, 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return {"file": path.name, "kernel": kernel, "params": params, "dtype": dtype,
+    return {"file": path.name, "kernel": kernel, "params": params, "schedule": schedule,
+            "bucket": None if record is None else record.workload.name, "dtype": dtype,
             "gate_dtype": gate_dtype, "arch": arch, "cache_key": key, "sha256": digest,
             "bytes": path.stat().st_size, "device_code": _device_code(executable)}
 
@@ -117,10 +120,10 @@ class OpPackage:
         self.functions = functions
         self._warned: set = set()
 
-    def kernel(self, kernel: str, params: dict, arch: str):
+    def kernel(self, kernel: str, params: dict, arch: str, schedule: str):
         """The packaged function, or None (with one warning per module) for the build path to
         make it; a strict package raises instead."""
-        key = _lookup_key(kernel, params, arch)
+        key = _lookup_key(kernel, params, arch, schedule)
         func = self.functions.get(key)
         if func is not None:
             return func
@@ -153,11 +156,11 @@ def load_ops(directory, strict: bool = False) -> OpPackage:
     return _active
 
 
-def packaged_kernel(kernel: str, params: dict, arch: str):
+def packaged_kernel(kernel: str, params: dict, arch: str, schedule: str = "default"):
     """The loaded package's function for this request, or None when no package is active or
     it lacks the module (the caller then builds it). Called by ``compiler.get_kernel``."""
     package = _active_package()
-    return None if package is None else package.kernel(kernel, params, arch)
+    return None if package is None else package.kernel(kernel, params, arch, schedule)
 
 
 _active: OpPackage | None = None
@@ -201,7 +204,7 @@ def _load_package(directory: pathlib.Path, strict: bool) -> OpPackage:
     functions = {}
     for entry, fd in verified:
         library = _load_library(fd)
-        functions[_lookup_key(entry["kernel"], entry["params"], entry["arch"])] = library[entry["kernel"]]
+        functions[_lookup_key(entry["kernel"], entry["params"], entry["arch"], entry["schedule"])] = library[entry["kernel"]]
     log.info("nha_tvm: loaded %d modules from op package %s in %.1f ms", len(functions), directory,
              1e3 * (time.perf_counter() - start))
     return OpPackage(directory, manifest["arch"], functions, strict)
@@ -251,6 +254,8 @@ def _manifest_problem(manifest) -> str | None:
             return f"modules[{i}].kernel {entry.get('kernel')!r} is not an NHA kernel"
         if not isinstance(entry.get("params"), dict):
             return f"modules[{i}].params must be an object"
+        if not isinstance(entry.get("schedule"), str):
+            return f"modules[{i}].schedule must be 'default' or a tuning record digest"
         if entry.get("arch") != manifest["arch"]:
             return f"modules[{i}] is for arch {entry.get('arch')!r}, the package for {manifest['arch']!r}"
         if not isinstance(entry.get("sha256"), str):
@@ -298,8 +303,8 @@ def _open_verified(directory: pathlib.Path, entry: dict) -> int:
     return fd
 
 
-def _lookup_key(kernel: str, params: dict, arch: str) -> tuple:
-    return kernel, json.dumps(params, sort_keys=True), arch
+def _lookup_key(kernel: str, params: dict, arch: str, schedule: str) -> tuple:
+    return kernel, json.dumps(params, sort_keys=True), arch, schedule
 
 
 def _sha256(f) -> str:

@@ -118,20 +118,36 @@ def load_dir(arch_dir: str, arch: str) -> tuple[Record, ...]:
         return ()
 
 
-def candidates(kernel: str, params: dict, arch: str) -> list[Record]:
+def candidates(kernel: str, params: dict, arch: str) -> tuple[Record, ...]:
     """Records of ``kernel`` with exactly these static parameters, shipped ones first."""
+    return _candidates(kernel, json.dumps(params, sort_keys=True), arch)
+
+
+@functools.lru_cache(maxsize=None)
+def _candidates(kernel: str, params_json: str, arch: str) -> tuple[Record, ...]:
+    params = json.loads(params_json)
     found = []
     for root in (shipped_dir(), user_dir()):
         for record in load_dir(str(root / arch), arch):
             if record.workload.kernel == kernel and record.workload.param_dict == params:
                 found.append(record)
-    return found
+    return tuple(found)
 
 
-def nearest(records: list[Record], length: int | None) -> Record | None:
+def nearest(records: tuple[Record, ...], length: int | None) -> Record | None:
     """The record whose bucket is nearest ``length`` (log scale); the fastest when no length."""
     if not records:
         return None
     if length is None or length < 1:
         return min(records, key=lambda r: r.seconds)
     return min(records, key=lambda r: (abs(math.log(r.workload.length / length)), r.seconds))
+
+
+def apply_trace(func, trace_json: str):
+    """``func`` scheduled by a recorded trace (its sampled decisions replayed)."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir.schedule import Trace
+
+    sch = Schedule(func)
+    Trace.apply_json_to_schedule(json.loads(trace_json), sch)
+    return sch

@@ -8,20 +8,12 @@ import pathlib
 import tvm
 import tvm_ffi
 from tqdm import tqdm
-from tvm.s_tir import Schedule
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.schedule import Trace
 
 from ..targets import target_for
 from . import records, search
+from .records import apply_trace
 from .workloads import Workload
-
-
-def apply_trace(func, trace_json: str) -> Schedule:
-    """``func`` scheduled by a recorded trace (its sampled decisions replayed)."""
-    sch = Schedule(func)
-    Trace.apply_json_to_schedule(json.loads(trace_json), sch)
-    return sch
 
 
 def write_atomic(path: pathlib.Path, text: str) -> None:
@@ -78,7 +70,12 @@ class TuningSession:
 
     def finish(self, shape: dict, device_name: str, args) -> None:
         """Write the best record per workload and ``metadata.json`` beside them (atomically)."""
+        # the search database of this machine, and the pruned one already here (an earlier
+        # run, possibly elsewhere, whose work/ did not come along)
         best = records.read_database(self.out / "work")
+        for shash, found in records.read_database(self.out).items():
+            if shash not in best or found[2] < best[shash][2]:
+                best[shash] = found
         meta_path = self.out / records.METADATA
         entries = {}
         if meta_path.exists():
