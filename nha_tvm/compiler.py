@@ -85,11 +85,12 @@ def build(kernel: str, params: dict, arch: str, record=None):
     return tvm.compile(sch.mod, target=target)
 
 
-def get_kernel(kernel: str, arch: str, *, length: int | None = None, **params):
+def get_kernel(kernel: str, arch: str, *, length: int | None = None, window: int | None = None,
+               **params):
     """The compiled function of ``kernel`` for ``arch``: from memory, a loaded op package, the
-    disk cache, or a build. ``length`` (tokens, or the decode batch) picks the nearest tuned
-    bucket when tuning records exist."""
-    record = tuned_record(kernel, params, arch, length)
+    disk cache, or a build. ``length`` (tokens, or the decode batch) and ``window`` pick the
+    nearest tuned bucket when tuning records exist."""
+    record = tuned_record(kernel, params, arch, length, window)
     schedule = "default" if record is None else record.digest
     key = cache_key(kernel, params, arch, schedule)
     func = _loaded.get(key)
@@ -104,11 +105,12 @@ def get_kernel(kernel: str, arch: str, *, length: int | None = None, **params):
     return _loaded[key]
 
 
-def tuned_record(kernel: str, params: dict, arch: str, length: int | None):
-    """The tuning record of the bucket nearest ``length``, or None (default schedule)."""
+def tuned_record(kernel: str, params: dict, arch: str, length: int | None, window: int | None):
+    """The tuning record of the bucket nearest ``length`` and ``window``, or None (default
+    schedule)."""
     from .tuning import records
 
-    return records.nearest(records.candidates(kernel, params, arch), length)
+    return records.nearest(records.candidates(kernel, params, arch), length, window)
 
 
 def _load_or_build(key: str, kernel: str, params: dict, arch: str, record):

@@ -77,7 +77,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     chunk_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
     chunk_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
     window = min(window, total)
-    scan = get_kernel("slot_state_scan", arch, length=total, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
+    scan = get_kernel("slot_state_scan", arch, length=total, window=window, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
                       kv_dtype=io, gate_dtype=gate)
     scan(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv, window)
     if rope_theta is not None:
@@ -88,7 +88,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
         get_kernel("rope", arch, length=total, heads=H, K=K, io_dtype=io)(k3, positions, k_rot, rope_theta)
     else:
         q_rot, k_rot = q3, k3
-    attend = get_kernel("chunk_attend", arch, length=total, HQ=HQ, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
+    attend = get_kernel("chunk_attend", arch, length=total, window=window, HQ=HQ, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
                         io_dtype=io, gate_dtype=gate)
     attend(q3, q_rot, k3, k_rot, v3, g3, s3, cu_seqlens, chunk_offsets, chunk_seq, chunk_k,
            chunk_v, o.view(total, HQ, V), window, scale)
@@ -115,7 +115,7 @@ def decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, hk: Tensor, hv
     B, HQ, K = q.shape
     H, V, M = k.shape[1], v.shape[2], g.shape[2]
     o = new_output(B, HQ, V, dtype=q.dtype, device=q.device)
-    step = get_kernel("decode_step", arch_name(q.device), length=B, HQ=HQ, H=H, K=K, V=V, M=M,
+    step = get_kernel("decode_step", arch_name(q.device), length=B, window=window, HQ=HQ, H=H, K=K, V=V, M=M,
                       io_dtype=dtype_name(q.dtype), gate_dtype=dtype_name(g.dtype))
     step(q, k, v, g, s, hk, hv, ring_k, ring_v, ring_g, ring_s, pos, o, window, scale,
          int(rope_theta is not None), 1.0 if rope_theta is None else rope_theta)

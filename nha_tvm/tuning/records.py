@@ -134,13 +134,19 @@ def _candidates(kernel: str, params_json: str, arch: str) -> tuple[Record, ...]:
     return tuple(found)
 
 
-def nearest(records: tuple[Record, ...], length: int | None) -> Record | None:
-    """The record whose bucket is nearest ``length`` (log scale); the fastest when no length."""
+def nearest(records: tuple[Record, ...], length: int | None, window: int | None = None) -> Record | None:
+    """The record whose bucket is nearest ``length`` and ``window`` (log scale, both counted);
+    among equals the fastest. Without a length, the fastest record."""
     if not records:
         return None
-    if length is None or length < 1:
-        return min(records, key=lambda r: r.seconds)
-    return min(records, key=lambda r: (abs(math.log(r.workload.length / length)), r.seconds))
+
+    def distance(record: Record) -> tuple:
+        d = 0.0 if not length or length < 1 else abs(math.log(record.workload.length / length))
+        if window is not None:
+            d += abs(math.log((record.workload.window + 1) / (window + 1)))
+        return d, record.seconds
+
+    return min(records, key=distance)
 
 
 def apply_trace(func, trace_json: str):

@@ -52,7 +52,7 @@ def local_builder():
     return ms.builder.LocalBuilder(f_build=build, timeout_sec=120, max_workers=os.cpu_count() or 1)
 
 
-EVALUATOR = ms.runner.EvaluatorConfig(number=5, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False)
+EVALUATOR = ms.runner.EvaluatorConfig(number=3, repeat=2, min_repeat_ms=10, enable_cpu_cache_flush=False)
 
 
 def make_runner(workload: Workload, rpc: tuple[str, int, str] | None):

@@ -1,0 +1,37 @@
+"""Choosing a tuning record for a call (no tuning run needed)."""
+
+import pytest
+
+from nha_tvm.tuning import records
+from nha_tvm.tuning.workloads import Workload
+
+PARAMS = dict(HQ=2, H=2, K=16, V=16, M=8, C=64, io_dtype="float32", gate_dtype="float32")
+
+
+def record(length, window, seconds):
+    return records.Record(Workload.of("chunk_attend", PARAMS, length, window), "[]", seconds, "here")
+
+
+BUCKETS = (record(2048, 64, 1.0), record(8192, 64, 4.0), record(2048, 512, 3.0), record(8192, 512, 9.0))
+
+
+@pytest.mark.parametrize("length,window,expected", [
+    (2048, 64, (2048, 64)), (3000, 64, (2048, 64)), (6000, 64, (8192, 64)),
+    (100_000, 512, (8192, 512)), (2048, 400, (2048, 512)), (2048, 0, (2048, 64)),
+])
+def test_nearest_bucket_in_length_and_window(length, window, expected):
+    chosen = records.nearest(BUCKETS, length, window)
+    assert (chosen.workload.length, chosen.workload.window) == expected
+
+
+def test_no_records_means_default_and_no_length_means_fastest():
+    assert records.nearest((), 100, 64) is None
+    assert records.nearest(BUCKETS, None).seconds == 1.0
+
+
+def test_shipped_sm90_records_load():
+    found = records.load_dir(str(records.shipped_dir() / "sm_90"), "sm_90")
+    kernels = {r.workload.kernel for r in found}
+    assert kernels == {"rope", "slot_state_scan", "chunk_attend", "decode_step"}
+    assert {(r.workload.length, r.workload.window) for r in found if r.workload.kernel == "chunk_attend"} == {
+        (T, W) for T in (2048, 8192, 32768) for W in (64, 512)}
