@@ -16,8 +16,7 @@ from typing import NamedTuple
 import torch
 from tqdm import tqdm
 
-from nha_tvm.schedules import CHUNK_SIZE
-
+from .kernel_plan import decode_kernel, prefill_kernels
 from .op_package import MANIFEST_NAME, OPS_DIR_ENV, OPS_STRICT_ENV, start_package, write_manifest, write_module
 from .targets import arch_name
 from .tuning.records import candidates
@@ -171,19 +170,12 @@ def kernel_requests(config: dict) -> list[KernelRequest]:
     HQ, H, K, V, M = (config[name] for name in SIZE_FIELDS)
     requests = {}
     for io, gate in config["dtype_pairs"]:
-        candidates = [
-            KernelRequest("slot_state_scan", dict(H=H, K=K, V=V, M=M, C=CHUNK_SIZE, kv_dtype=io,
-                                                  gate_dtype=gate), io, gate),
-            KernelRequest("chunk_attend", dict(HQ=HQ, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
-                                               io_dtype=io, gate_dtype=gate), io, gate),
-            KernelRequest("decode_step", dict(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=io,
-                                              gate_dtype=gate), io, gate)]
-        # RoPE needs an even key dim (the public API refuses rope_theta otherwise)
-        if K % 2 == 0:
-            candidates += [KernelRequest("rope", dict(heads=heads, K=K, io_dtype=io), io, None)
-                           for heads in (HQ, H)]
-        for request in candidates:
-            requests.setdefault((request.kernel, json.dumps(request.params, sort_keys=True)), request)
+        sizes = dict(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=io, gate_dtype=gate)
+        plan = prefill_kernels(**sizes)
+        roles = ["state", "attend"] + (["rope_q", "rope_k"] if K % 2 == 0 else [])  # RoPE needs an even K
+        for kernel, params in [plan[role] for role in roles] + [decode_kernel(**sizes)]:
+            request = KernelRequest(kernel, params, io, None if kernel == "rope" else gate)
+            requests.setdefault((kernel, json.dumps(params, sort_keys=True)), request)
     return list(requests.values())
 
 

@@ -14,6 +14,7 @@ from torch import Tensor
 from nha_tvm.schedules import CHUNK_SIZE
 
 from .compiler import get_kernel
+from .kernel_plan import decode_kernel, prefill_kernels
 from .targets import arch_name
 
 # int32 indexing inside the kernels; the public API clamps larger windows (W >= T is all the same)
@@ -70,28 +71,31 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
         hv.copy_(h0v)
         return o, hk, hv
     arch = arch_name(dev)
-    io, gate = dtype_name(q.dtype), dtype_name(g.dtype)
     q3, k3, v3 = q.view(total, HQ, K), k.view(total, H, K), v.view(total, H, V)
     g3, s3 = g.view(total, H, M), s.view(total, H, M)
     chunk_offsets, chunk_seq, num_chunks = _chunk_metadata(cu_seqlens, total, CHUNK_SIZE)
     chunk_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
     chunk_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
     window = min(window, total)
-    scan = get_kernel("slot_state_scan", arch, length=total, window=window, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
-                      kv_dtype=io, gate_dtype=gate)
-    scan(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv, window)
+    plan = prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
+                           gate_dtype=dtype_name(g.dtype))
+
+    def kernel(role, **bucket):
+        name, params = plan[role]
+        return get_kernel(name, arch, length=total, **bucket, **params)
+
+    kernel("state", window=window)(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k,
+                                   chunk_v, hk, hv, window)
     if rope_theta is not None:
         positions = _positions(cu_seqlens, total)
         q_rot = new_output(total, HQ, K, dtype=q.dtype, device=dev)
         k_rot = new_output(total, H, K, dtype=q.dtype, device=dev)
-        get_kernel("rope", arch, length=total, heads=HQ, K=K, io_dtype=io)(q3, positions, q_rot, rope_theta)
-        get_kernel("rope", arch, length=total, heads=H, K=K, io_dtype=io)(k3, positions, k_rot, rope_theta)
+        kernel("rope_q")(q3, positions, q_rot, rope_theta)
+        kernel("rope_k")(k3, positions, k_rot, rope_theta)
     else:
         q_rot, k_rot = q3, k3
-    attend = get_kernel("chunk_attend", arch, length=total, window=window, HQ=HQ, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
-                        io_dtype=io, gate_dtype=gate)
-    attend(q3, q_rot, k3, k_rot, v3, g3, s3, cu_seqlens, chunk_offsets, chunk_seq, chunk_k,
-           chunk_v, o.view(total, HQ, V), window, scale)
+    kernel("attend", window=window)(q3, q_rot, k3, k_rot, v3, g3, s3, cu_seqlens, chunk_offsets,
+                                    chunk_seq, chunk_k, chunk_v, o.view(total, HQ, V), window, scale)
     return o, hk, hv
 
 
@@ -115,8 +119,9 @@ def decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, hk: Tensor, hv
     B, HQ, K = q.shape
     H, V, M = k.shape[1], v.shape[2], g.shape[2]
     o = new_output(B, HQ, V, dtype=q.dtype, device=q.device)
-    step = get_kernel("decode_step", arch_name(q.device), length=B, window=window, HQ=HQ, H=H, K=K, V=V, M=M,
-                      io_dtype=dtype_name(q.dtype), gate_dtype=dtype_name(g.dtype))
+    name, params = decode_kernel(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
+                                 gate_dtype=dtype_name(g.dtype))
+    step = get_kernel(name, arch_name(q.device), length=B, window=window, **params)
     step(q, k, v, g, s, hk, hv, ring_k, ring_v, ring_g, ring_s, pos, o, window, scale,
          int(rope_theta is not None), 1.0 if rope_theta is None else rope_theta)
     return o

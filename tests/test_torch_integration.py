@@ -8,7 +8,7 @@ import torch
 import nha_tvm
 from nha_tvm import compiler
 
-from .conftest import CUDA, DEVICE_CASES, make_inputs, rel_err
+from .conftest import CUDA, make_inputs, rel_err
 
 DEVICES = [pytest.param("cpu")] + [
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")])]

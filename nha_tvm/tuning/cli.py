@@ -11,16 +11,14 @@ beside ``metadata.json``); nha_tvm applies them whenever it builds a kernel for 
 """
 
 import argparse
-import datetime
 import fcntl
 import json
 import logging
-import os
 import pathlib
 import signal
 import sys
 
-from nha_tvm.schedules import CHUNK_SIZE
+from nha_tvm.kernel_plan import decode_kernel, prefill_kernels
 
 from . import records
 from .workloads import Workload
@@ -85,22 +83,19 @@ def model_shape(args) -> dict:
 
 
 def workloads_for(shape: dict, seq_lens: list[int], batches: list[int], kernels=None) -> list[Workload]:
-    HQ, H, K, V, M = (shape[k] for k in ("heads", "kv_heads", "head_dim", "value_dim", "slots"))
-    io, gate = shape["dtype"], shape["gate_dtype"]
+    sizes = dict(HQ=shape["heads"], H=shape["kv_heads"], K=shape["head_dim"], V=shape["value_dim"],
+                 M=shape["slots"], io_dtype=shape["dtype"], gate_dtype=shape["gate_dtype"])
+    plan = prefill_kernels(**sizes)
     found = []
     for T in seq_lens:
-        for heads in sorted({HQ, H}):
-            found.append(Workload.of("rope", dict(heads=heads, K=K, io_dtype=io), T, 0))
+        # RoPE does not depend on the window (bucket window 0); one workload per head count
+        found += [Workload.of(*plan[role], T, 0) for role in ("rope_q", "rope_k")]
         for W in shape["window"]:
-            found.append(Workload.of("slot_state_scan", dict(H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
-                                                              kv_dtype=io, gate_dtype=gate), T, W))
-            found.append(Workload.of("chunk_attend", dict(HQ=HQ, H=H, K=K, V=V, M=M, C=CHUNK_SIZE,
-                                                           io_dtype=io, gate_dtype=gate), T, W))
+            found += [Workload.of(*plan[role], T, W) for role in ("state", "attend")]
     for B in batches:
-        for W in shape["window"]:
-            found.append(Workload.of("decode_step", dict(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=io,
-                                                          gate_dtype=gate), B, W))
-    return [w for w in found if kernels is None or w.kernel in kernels]
+        found += [Workload.of(*decode_kernel(**sizes), B, W) for W in shape["window"]]
+    unique = list(dict.fromkeys(found))
+    return [w for w in unique if kernels is None or w.kernel in kernels]
 
 
 def resolve_arch(args) -> tuple[str, str]:

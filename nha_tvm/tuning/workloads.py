@@ -10,7 +10,6 @@ for a workload replays on the symbolic kernel, which then serves every length ne
 import dataclasses
 import json
 
-import tvm
 from tvm.sym import Analyzer
 from tvm import tirx
 
