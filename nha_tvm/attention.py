@@ -3,10 +3,13 @@
 import torch
 
 from . import torch_ops  # noqa: F401  (registers torch.ops.nha.*)
+from nha_tvm.schedules import CHUNK_SIZE
+
 from .decode_cache import NHACache
 from .torch_ops import INT32_MAX
-from .validation import (check_cu_seqlens, check_device_and_dtype, check_dim, check_no_grad,
-                         check_scalars, check_state, check_tensor, check_window)
+from .validation import (check_cu_seqlens, check_device_and_dtype, check_dim, check_index_range,
+                         check_no_grad, check_positive, check_scalars, check_state, check_tensor,
+                         check_window)
 
 
 def nha_attention(q, k, v, g, *, window, s=None, scale=None, rope_theta=None,
@@ -31,7 +34,9 @@ def nha_attention(q, k, v, g, *, window, s=None, scale=None, rope_theta=None,
         check_dim(name, x, 1, T, "T", layout)
         check_dim(name, x, 2, H, "H", layout)
     check_dim("k", k, 3, K, "K", "[B, T, H, K]")
-    if H == 0 or HQ % H:
+    V = v.shape[3]
+    check_positive(HQ=HQ, H=H, K=K, V=V, M=M)
+    if HQ % H:
         raise ValueError(f"q has HQ = {HQ} heads, which must be a multiple of k's H = {H} heads")
     if s is not None:
         check_tensor("s", s, 4, "[B, T, H, M] (like g)")
@@ -41,9 +46,13 @@ def nha_attention(q, k, v, g, *, window, s=None, scale=None, rope_theta=None,
     check_scalars(scale, rope_theta, K)
     named = {"q": q, "k": k, "v": v, "g": g} | ({"s": s} if s is not None else {})
     check_device_and_dtype(named, same_dtype=("q", "k", "v"))
+    if s is not None:
+        check_device_and_dtype({"g": g, "s": s}, same_dtype=("g", "s"))
     check_no_grad(**named)
     N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T, q.device)
-    V = v.shape[3]
+    chunks = B * T // CHUNK_SIZE + N
+    check_index_range(q=B * T * HQ * max(K, V), k=B * T * H * max(K, V), g=B * T * H * M,
+                      chunk_states=chunks * H * K * M + chunks * H * M * V)
     if initial_state is not None:
         check_state("initial_state", initial_state, ((N, H, K, M), (N, H, M, V)), q.device)
 
@@ -87,6 +96,8 @@ def nha_decode(q, k, v, g, cache: NHACache, s=None, scale=None, rope_theta=None)
     check_scalars(scale, rope_theta, K)
     named = {"q": q, "k": k, "v": v, "g": g} | ({"s": s} if s is not None else {})
     check_device_and_dtype(named | {"cache": cache.ring_k}, same_dtype=("q", "k", "v", "cache"))
+    if s is not None:
+        check_device_and_dtype({"g": g, "s": s}, same_dtype=("g", "s"))
     check_no_grad(**named)
     if s is None:
         s = -torch.expm1(g)

@@ -41,20 +41,29 @@ def cache_dir() -> pathlib.Path:
 
 @functools.lru_cache(maxsize=None)
 def source_digest() -> str:
-    """Digest of the kernel definitions and schedules: an edit to either changes every key."""
+    """Digest of what shapes a binary besides its key's fields: the kernel definitions, the
+    schedules, the targets and the trace replay. An edit to any changes every key."""
     import nha_tvm.schedules as schedules
 
     h = hashlib.sha256()
-    for root in (_PACKAGE_DIR / "kernels", pathlib.Path(schedules.__file__).resolve().parent):
-        for path in sorted(root.rglob("*.py")):
-            h.update(path.name.encode())
-            h.update(path.read_bytes())
+    files = [*sorted((_PACKAGE_DIR / "kernels").rglob("*.py")),
+             *sorted(pathlib.Path(schedules.__file__).resolve().parent.rglob("*.py")),
+             _PACKAGE_DIR / "targets.py", _PACKAGE_DIR / "tuning" / "records.py"]
+    for path in files:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def _target_text(arch: str) -> str:
+    return str(target_for(arch))
 
 
 def cache_key(kernel: str, params: dict, arch: str, schedule: str = "default") -> str:
     """``schedule`` is ``default`` or the digest of the tuning record the module was built from."""
-    fields = {"kernel": kernel, "params": params, "arch": arch, "schedule": schedule, "nha_tvm": __version__,
+    fields = {"kernel": kernel, "params": params, "arch": arch, "target": _target_text(arch),
+              "schedule": schedule, "nha_tvm": __version__,
               "tvm": tvm.__version__, "tvm_ffi": tvm_ffi.__version__, "source": source_digest()}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:24]
     return f"{kernel}-{arch}-{digest}"
@@ -127,6 +136,18 @@ def _load_or_build(key: str, kernel: str, params: dict, arch: str, record):
         log.warning("nha_tvm: cached module %s is unusable (%s); rebuilding", path, problem)
     start = time.perf_counter()
     executable = build(kernel, params, arch, record)
+    log.debug("nha_tvm: compiled %s for %s in %.2f s", kernel, arch, time.perf_counter() - start)
+    try:
+        _store(executable, path)
+    except OSError as err:
+        log.warning("nha_tvm: cannot write the module cache %s (%s); the module stays in memory "
+                    "only (set NHA_TVM_CACHE_DIR to a writable folder)", path.parent, err)
+        return executable[kernel]
+    return tvm.runtime.load_module(str(path))[kernel]
+
+
+def _store(executable, path: pathlib.Path) -> None:
+    """Export under a temporary name, record its sha256, rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(path)
     try:
@@ -137,9 +158,7 @@ def _load_or_build(key: str, kernel: str, params: dict, arch: str, record):
         if os.path.exists(tmp):
             os.unlink(tmp)
     _write_atomic(_digest_path(path), json.dumps({"sha256": digest}))
-    log.debug("nha_tvm: compiled %s for %s in %.2f s -> %s", kernel, arch,
-              time.perf_counter() - start, path)
-    return tvm.runtime.load_module(str(path))[kernel]
+    log.debug("nha_tvm: cached %s", path)
 
 
 def _digest_path(path: pathlib.Path) -> pathlib.Path:
@@ -169,6 +188,10 @@ def _temp_path(path: pathlib.Path) -> str:
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
     tmp = _temp_path(path)
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

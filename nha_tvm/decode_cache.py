@@ -2,7 +2,7 @@
 
 import torch
 
-from .validation import check_device_and_dtype, check_state, check_tensor, check_window
+from .validation import check_device_and_dtype, check_index_range, check_state, check_tensor, check_window
 
 
 class NHACache:
@@ -35,6 +35,7 @@ class NHACache:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         R = max(window, 1)
+        check_index_range(ring=batch * R * H * max(K, V, M), slot_state=batch * H * max(K, V) * M)
         f32 = dict(dtype=torch.float32, device=device)
         return cls(torch.zeros(batch, H, K, M, **f32), torch.zeros(batch, H, M, V, **f32),
                    torch.zeros(batch, R, H, K, dtype=dtype, device=device),

@@ -44,6 +44,24 @@ def check_device_and_dtype(named: dict, *, same_dtype: tuple[str, ...]) -> None:
                         + ", ".join(f"{n}={named[n].dtype}" for n in same_dtype))
 
 
+# The kernels index every buffer with 32-bit integers.
+INDEX_LIMIT = 2**31
+
+
+def check_positive(**dims) -> None:
+    for name, value in dims.items():
+        if value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+
+
+def check_index_range(**element_counts) -> None:
+    """Every buffer a kernel touches must have fewer than 2**31 elements."""
+    for what, count in element_counts.items():
+        if count >= INDEX_LIMIT:
+            raise ValueError(f"{what.replace('_', ' ')} would have {count} elements; the kernels index "
+                             f"with 32 bits (< 2**31 elements): split the batch or the sequence")
+
+
 def check_window(window) -> None:
     if isinstance(window, bool) or not isinstance(window, int):
         raise TypeError(f"window must be an int >= 0, got {window!r}")

@@ -102,3 +102,29 @@ def test_decode_checks_against_the_cache():
     with pytest.raises(ValueError, match="final_state"):
         nha_tvm.NHACache.from_prefill(*make_inputs(2, 5, 4, 2, 8, 8, 4)[1:4],
                                       (torch.zeros(1, 2, 8, 4), torch.zeros(1, 2, 4, 8)), window=3)
+
+
+@pytest.mark.parametrize("dims,word", [(dict(M=0), "M must be >= 1"), (dict(V=0), "V must be >= 1"),
+                                       (dict(K=0), "K must be >= 1"), (dict(HQ=0), "HQ must be >= 1")])
+def test_zero_sized_dimensions(dims, word):
+    with pytest.raises(ValueError, match=word):
+        call(*inputs(**dims))
+
+
+def test_sizes_beyond_32_bit_indexing_are_refused():
+    def huge(*shape):  # broadcast views: the shapes of 2**31 elements without the memory
+        return torch.zeros(1).expand(*shape)
+
+    q, kv, g = huge(1, 2**21, 8, 128), huge(1, 2**21, 2, 128), huge(1, 2**21, 2, 4)
+    with pytest.raises(ValueError, match="32 bits"):
+        nha_tvm.nha_attention(q, kv, kv, g, window=3)
+    with pytest.raises(ValueError, match="32 bits"):
+        nha_tvm.NHACache.empty(16, 8, 128, 128, 64, 131072, device="meta")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="only CUDA has several gate dtypes")
+def test_g_and_s_share_a_dtype():
+    q, k, v, g = (x.cuda() for x in inputs())
+    with pytest.raises(TypeError, match="g, s must share one dtype"):
+        call(q, k, v, g, s=torch.rand_like(g).bfloat16())

@@ -51,6 +51,7 @@ def test_torch_compile_fullgraph(device):
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NHA_TVM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("NHA_TVM_TUNING_DIR", str(tmp_path / "no-records"))  # default schedules
     monkeypatch.setattr(compiler, "_loaded", {})
     builds = []
     real_build = compiler.build
@@ -123,3 +124,16 @@ def test_decode_in_a_cuda_graph():
         graph.replay()
         ref = nha_tvm.nha_decode(q[:, t], k[:, t], v[:, t], g[:, t], eager)
         assert rel_err(out, ref) <= 1e-6
+
+
+def test_unwritable_cache_dir_keeps_modules_in_memory(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("NHA_TVM_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(compiler, "_loaded", {})
+    args = make_inputs(1, 30, 2, 2, 8, 8, 4)[:4]
+    with caplog.at_level(logging.WARNING, logger="nha_tvm.compiler"):
+        out, _ = nha_tvm.nha_attention(*args, window=3)
+    assert "cannot write the module cache" in caplog.text
+    ref, _ = nha_tvm.reference.nha_reference(*args, window=3)
+    assert rel_err(out, ref) <= 1e-5

@@ -1,5 +1,7 @@
 """Choosing a tuning record for a call (no tuning run needed)."""
 
+import json
+
 import pytest
 
 from nha_tvm.tuning import records
@@ -35,3 +37,14 @@ def test_shipped_sm90_records_load():
     assert kernels == {"rope", "slot_state_scan", "chunk_attend", "decode_step"}
     assert {(r.workload.length, r.workload.window) for r in found if r.workload.kernel == "chunk_attend"} == {
         (T, W) for T in (2048, 8192, 32768) for W in (64, 512)}
+
+
+def test_a_torn_workload_line_does_not_shift_later_records(tmp_path):
+    good = ['["1", "A"]', '["2", "B"]', '["3", "C"]']
+    (tmp_path / records.WORKLOADS).write_text("\n".join([good[0], good[1][:5], good[2]]) + "\n")
+    lines = [json.dumps([i, [["trace-" + n], [t], {}, []]]) for i, (n, t) in enumerate(
+        [("A", 0.1), ("B", 0.2), ("C", 0.3)])]
+    (tmp_path / records.RECORDS).write_text("\n".join(lines) + "\n")
+    best = records.read_database(tmp_path)
+    assert set(best) == {"1", "3"}
+    assert json.loads(best["3"][1])[1][0] == ["trace-C"]

@@ -60,14 +60,18 @@ def versions() -> dict:
 def read_database(arch_dir: pathlib.Path) -> dict[str, tuple[str, str, float]]:
     """shash -> (workload line, best record line, seconds) of a MetaSchedule JSON database.
     Lines that do not parse (a run killed mid-write) are skipped."""
-    workloads = []
-    for line in _lines(arch_dir / WORKLOADS):
-        workloads.append((json.loads(line)[0], line))
+    # a line that does not parse keeps its place: records refer to workloads by line number
+    workloads = [(None if line is None else json.loads(line)[0], line)
+                 for line in _lines(arch_dir / WORKLOADS)]
     best: dict[str, tuple[str, str, float]] = {}
     for line in _lines(arch_dir / RECORDS):
+        if line is None:
+            continue
         index, record = json.loads(line)
         run_secs = [float(x) for x in record[1]]
-        if not run_secs or index >= len(workloads) or max(run_secs) >= FAILED_SECONDS:
+        if not run_secs or index >= len(workloads) or workloads[index][0] is None:
+            continue
+        if max(run_secs) >= FAILED_SECONDS:
             continue  # MetaSchedule records a candidate that failed to build or run as 1e10 s
         seconds = sum(run_secs) / len(run_secs)
         shash, workload_line = workloads[index]
@@ -77,6 +81,8 @@ def read_database(arch_dir: pathlib.Path) -> dict[str, tuple[str, str, float]]:
 
 
 def _lines(path: pathlib.Path):
+    """The non-empty lines of a JSON-lines file, None for one that does not parse (a run
+    killed mid-write)."""
     if not path.exists():
         return
     for line in path.read_text().splitlines():
@@ -87,6 +93,7 @@ def _lines(path: pathlib.Path):
             json.loads(line)
         except ValueError:
             log.warning("nha_tvm: skipping a truncated line in %s", path)
+            yield None
             continue
         yield line
 
@@ -120,14 +127,14 @@ def load_dir(arch_dir: str, arch: str) -> tuple[Record, ...]:
 
 def candidates(kernel: str, params: dict, arch: str) -> tuple[Record, ...]:
     """Records of ``kernel`` with exactly these static parameters, shipped ones first."""
-    return _candidates(kernel, json.dumps(params, sort_keys=True), arch)
+    return _candidates(kernel, json.dumps(params, sort_keys=True), arch, str(user_dir()))
 
 
 @functools.lru_cache(maxsize=None)
-def _candidates(kernel: str, params_json: str, arch: str) -> tuple[Record, ...]:
+def _candidates(kernel: str, params_json: str, arch: str, user_root: str) -> tuple[Record, ...]:
     params = json.loads(params_json)
     found = []
-    for root in (shipped_dir(), user_dir()):
+    for root in (shipped_dir(), pathlib.Path(user_root)):
         for record in load_dir(str(root / arch), arch):
             if record.workload.kernel == kernel and record.workload.param_dict == params:
                 found.append(record)
