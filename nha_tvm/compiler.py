@@ -99,6 +99,11 @@ def get_kernel(kernel: str, arch: str, *, length: int | None = None, window: int
     """The compiled function of ``kernel`` for ``arch``: from memory, a loaded op package, the
     disk cache, or a build. ``length`` (tokens, or the decode batch) and ``window`` pick the
     nearest tuned bucket when tuning records exist."""
+    from .op_package import packaged_kernel  # imported here: op_package imports this module
+
+    packaged = packaged_kernel(kernel, params, arch, length, window)
+    if packaged is not None:
+        return packaged
     record = tuned_record(kernel, params, arch, length, window)
     schedule = "default" if record is None else record.digest
     key = cache_key(kernel, params, arch, schedule)
@@ -107,10 +112,7 @@ def get_kernel(kernel: str, arch: str, *, length: int | None = None, window: int
         return func
     with _lock:
         if key not in _loaded:
-            from .op_package import packaged_kernel  # imported here: op_package imports this module
-
-            func = packaged_kernel(kernel, params, arch, schedule)
-            _loaded[key] = func if func is not None else _load_or_build(key, kernel, params, arch, record)
+            _loaded[key] = _load_or_build(key, kernel, params, arch, record)
     return _loaded[key]
 
 

@@ -16,6 +16,7 @@ its recorded sha256.
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import tempfile
@@ -29,6 +30,7 @@ from . import __version__
 from .compiler import build, cache_key, source_digest
 from .kernels import KERNELS
 from .targets import arch_name
+from .tuning.records import bucket_distance
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,9 @@ def write_module(directory: pathlib.Path, kernel: str, params: dict, arch: str, 
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    bucket = None if record is None else {"length": record.workload.length, "window": record.workload.window}
     return {"file": path.name, "kernel": kernel, "params": params, "schedule": schedule,
-            "bucket": None if record is None else record.workload.name, "dtype": dtype,
+            "bucket": bucket, "dtype": dtype,
             "gate_dtype": gate_dtype, "arch": arch, "cache_key": key, "sha256": digest,
             "bytes": path.stat().st_size, "device_code": _device_code(executable)}
 
@@ -113,20 +116,22 @@ def write_manifest(directory: pathlib.Path, arch: str, config: dict, modules: li
 # --- reading and verification --------------------------------------------------------------
 
 class OpPackage:
-    """A loaded package: its compiled functions by (kernel, params, arch)."""
+    """A loaded package: per (kernel, params, arch), its compiled functions with their tuned
+    buckets (None for a default schedule)."""
 
     def __init__(self, directory: pathlib.Path, arch: str, functions: dict, strict: bool):
         self.directory, self.arch, self.strict = directory, arch, strict
         self.functions = functions
         self._warned: set = set()
 
-    def kernel(self, kernel: str, params: dict, arch: str, schedule: str):
-        """The packaged function, or None (with one warning per module) for the build path to
-        make it; a strict package raises instead."""
-        key = _lookup_key(kernel, params, arch, schedule)
-        func = self.functions.get(key)
-        if func is not None:
-            return func
+    def kernel(self, kernel: str, params: dict, arch: str, length: int | None, window: int | None):
+        """The packaged function of the bucket nearest the call (the package's own buckets,
+        whatever records this host has), or None (with one warning per module) for the build
+        path to make it; a strict package raises instead."""
+        key = _lookup_key(kernel, params, arch)
+        choices = self.functions.get(key)
+        if choices:
+            return min(choices, key=lambda c: _bucket_rank(c[0], length, window))[1]
         wanted = f"{kernel} {json.dumps(params, sort_keys=True)} for {arch}"
         if self.strict:
             raise OpPackageError(
@@ -146,8 +151,9 @@ def load_ops(directory, strict: bool = False) -> OpPackage:
     The manifest must match this machine (arch) and process (nha_tvm, TVM, tvm-ffi versions and
     kernel sources) and every file its sha256, else :class:`OpPackageError` is raised before
     anything is loaded. Kernels the package lacks are compiled as usual after one warning each,
-    or raise :class:`OpPackageError` when ``strict``. Kernels this process already obtained stay
-    in use, so load the package before the first NHA call. ``$NHA_TVM_OPS_DIR`` (with
+    or raise :class:`OpPackageError` when ``strict``. From the next NHA call on, each kernel the
+    package has comes from it, in the package's tuned bucket nearest the call (this host's own
+    tuning records play no part). ``$NHA_TVM_OPS_DIR`` (with
     ``$NHA_TVM_OPS_STRICT=1`` for strict mode) does the same on the first kernel request
     when ``load_ops`` has not been called.
     """
@@ -156,11 +162,12 @@ def load_ops(directory, strict: bool = False) -> OpPackage:
     return _active
 
 
-def packaged_kernel(kernel: str, params: dict, arch: str, schedule: str = "default"):
+def packaged_kernel(kernel: str, params: dict, arch: str, length: int | None = None,
+                    window: int | None = None):
     """The loaded package's function for this request, or None when no package is active or
     it lacks the module (the caller then builds it). Called by ``compiler.get_kernel``."""
     package = _active_package()
-    return None if package is None else package.kernel(kernel, params, arch, schedule)
+    return None if package is None else package.kernel(kernel, params, arch, length, window)
 
 
 _active: OpPackage | None = None
@@ -204,8 +211,9 @@ def _load_package(directory: pathlib.Path, strict: bool) -> OpPackage:
     functions = {}
     for entry, fd in verified:
         library = _load_library(fd)
-        functions[_lookup_key(entry["kernel"], entry["params"], entry["arch"], entry["schedule"])] = library[entry["kernel"]]
-    log.info("nha_tvm: loaded %d modules from op package %s in %.1f ms", len(functions), directory,
+        key = _lookup_key(entry["kernel"], entry["params"], entry["arch"])
+        functions.setdefault(key, []).append((entry.get("bucket"), library[entry["kernel"]]))
+    log.info("nha_tvm: loaded %d modules from op package %s in %.1f ms", len(verified), directory,
              1e3 * (time.perf_counter() - start))
     return OpPackage(directory, manifest["arch"], functions, strict)
 
@@ -303,8 +311,15 @@ def _open_verified(directory: pathlib.Path, entry: dict) -> int:
     return fd
 
 
-def _lookup_key(kernel: str, params: dict, arch: str, schedule: str) -> tuple:
-    return kernel, json.dumps(params, sort_keys=True), arch, schedule
+def _lookup_key(kernel: str, params: dict, arch: str) -> tuple:
+    return kernel, json.dumps(params, sort_keys=True), arch
+
+
+def _bucket_rank(bucket: dict | None, length: int | None, window: int | None) -> float:
+    """Tuned buckets by distance to the call; a default-schedule module after all of them."""
+    if bucket is None:
+        return math.inf
+    return bucket_distance(bucket["length"], bucket["window"], length, window)
 
 
 def _sha256(f) -> str:

@@ -9,7 +9,8 @@ CUDA = torch.cuda.is_available()
 DEVICE_CASES = [pytest.param("cpu", torch.float32, 1e-5, id="cpu-fp32")] + [
     pytest.param("cuda", dtype, tol, id=f"cuda-{name}",
                  marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")])
-    for dtype, tol, name in ((torch.float32, 1e-4, "fp32"), (torch.bfloat16, 2e-2, "bf16"))
+    for dtype, tol, name in ((torch.float32, 1e-4, "fp32"), (torch.bfloat16, 2e-2, "bf16"),
+                             (torch.float16, 1e-2, "fp16"))
 ]
 
 

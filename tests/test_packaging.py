@@ -15,6 +15,9 @@ def test_wheel_ships_schedules_export_and_tuning_logs(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in ("nha_tvm/schedules/cuda/chunk_attend.py", "nha_tvm/schedules/llvm/parallel_outer.py",
                  "nha_tvm/export/__init__.py", "nha_tvm/tuning_logs/README.md",
+                 "nha_tvm/tuning_logs/sm_90/metadata.json",
+                 "nha_tvm/tuning_logs/sm_90/database_tuning_record.json",
+                 "nha_tvm/export/NHA_DOMAIN.md",
                  "nha_tvm/kernels/chunk_attend.py"):
         assert path in names
     # installed outside the checkout, imported from elsewhere: the schedules are found

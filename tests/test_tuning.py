@@ -126,7 +126,12 @@ def test_killed_run_keeps_records_and_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     meta = json.loads((tmp_path / "cpu" / "metadata.json").read_text())
     assert sorted(e["workload"]["kernel"] for e in meta["workloads"]) == ["rope", "slot_state_scan"]
-    assert records.read_text().count("\n") >= kept
+    finished = records.read_text().count("\n")
+    assert finished >= kept
+    # every workload now has its trials: another --resume measures nothing new
+    again = nha_tune(*args, "--resume")
+    assert again.returncode == 0, again.stderr
+    assert records.read_text().count("\n") == finished
 
 
 def test_second_writer_is_refused(tmp_path):
@@ -166,3 +171,23 @@ def test_rpc_runner_on_loopback(tmp_path):
             if proc is not None:
                 proc.kill()
                 proc.wait()
+
+
+def test_op_package_carries_the_tuned_buckets(tuned, tmp_path):
+    out, _ = tuned
+    env = dict(os.environ, NHA_TVM_TUNING_DIR=str(out), NHA_TVM_CACHE_DIR=str(tmp_path / "cache"))
+    build = subprocess.run([sys.executable, "-m", "nha_tvm.cli_build", "--target", "cpu", "--heads", "2",
+                            "--head-dim", "16", "--slots", "8", "--dtype", "float32", "--gate-dtype",
+                            "float32", "--out", str(tmp_path / "pkg")], env=env, capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    manifest = json.loads((tmp_path / "pkg" / "manifest.json").read_text())
+    buckets = {m["kernel"]: m["bucket"] for m in manifest["modules"]}
+    assert buckets["chunk_attend"] == {"length": 256, "window": 16}
+    assert buckets["decode_step"] == {"length": 2, "window": 16}
+    # a host without records of its own, strict: every kernel comes from the package
+    env = dict(os.environ, NHA_TVM_TUNING_DIR=str(tmp_path / "none"), NHA_TVM_CACHE_DIR=str(tmp_path / "c2"),
+               NHA_TVM_OPS_DIR=str(tmp_path / "pkg"), NHA_TVM_OPS_STRICT="1")
+    run = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert float(run.stdout.split("REL_ERR")[1].split()[0]) <= 1e-5
+    assert "default schedule" not in run.stdout  # nothing was built here

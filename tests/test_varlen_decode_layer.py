@@ -33,6 +33,16 @@ def test_varlen_three_sequences(device, dtype, tol, rope, W):
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+def test_varlen_with_empty_sequences(device, dtype, tol):
+    cu = torch.tensor([0, 0, 40, 40, 70, 70], dtype=torch.int32, device=device)
+    q, k, v, g, _ = make_inputs(1, 70, 2, 2, 8, 8, 4, device=device, dtype=dtype)
+    o, final = nha_tvm.nha_attention(q, k, v, g, window=5, cu_seqlens=cu, output_final_state=True)
+    ref, ref_final = nha_reference(q, k, v, g, window=5, cu_seqlens=cu, output_final_state=True)
+    assert rel_err(o, ref) <= tol
+    assert final[0].shape[0] == 5 and rel_err(final[1], ref_final[1]) <= max(tol, 1e-5)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
 @pytest.mark.parametrize("rope", [None, 10000.0])
 @pytest.mark.parametrize("W", [0, 1, 3, 64])
 def test_prefill_then_decode_equals_prefill(device, dtype, tol, rope, W):

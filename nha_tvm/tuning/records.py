@@ -141,19 +141,22 @@ def _candidates(kernel: str, params_json: str, arch: str, user_root: str) -> tup
     return tuple(found)
 
 
+def bucket_distance(bucket_length: int, bucket_window: int, length: int | None,
+                    window: int | None) -> float:
+    """How far a tuned bucket is from a call: log-scale distance in length and in window."""
+    d = 0.0 if not length or length < 1 else abs(math.log(bucket_length / length))
+    if window is not None:
+        d += abs(math.log((bucket_window + 1) / (window + 1)))
+    return d
+
+
 def nearest(records: tuple[Record, ...], length: int | None, window: int | None = None) -> Record | None:
-    """The record whose bucket is nearest ``length`` and ``window`` (log scale, both counted);
-    among equals the fastest. Without a length, the fastest record."""
+    """The record whose bucket is nearest ``length`` and ``window``; among equals the fastest.
+    Without a length, the fastest record."""
     if not records:
         return None
-
-    def distance(record: Record) -> tuple:
-        d = 0.0 if not length or length < 1 else abs(math.log(record.workload.length / length))
-        if window is not None:
-            d += abs(math.log((record.workload.window + 1) / (window + 1)))
-        return d, record.seconds
-
-    return min(records, key=distance)
+    return min(records, key=lambda r: (bucket_distance(r.workload.length, r.workload.window, length, window),
+                                       r.seconds))
 
 
 def apply_trace(func, trace_json: str):
