@@ -20,7 +20,7 @@ from .kernel_plan import decode_kernel, prefill_kernels
 from .op_package import MANIFEST_NAME, OPS_DIR_ENV, OPS_STRICT_ENV, start_package, write_manifest, write_module
 from .targets import arch_name
 from .tuning.records import candidates
-from .validation import SUPPORTED_DTYPES
+from .validation import SUPPORTED_DTYPES, dtype_name
 
 SIZE_FIELDS = ("heads", "kv_heads", "head_dim", "value_dim", "slots")
 DTYPE_FIELDS = ("dtype", "gate_dtype")
@@ -147,7 +147,7 @@ def model_config(file_values: dict, flags: dict, target: str) -> dict:
             raise ValueError(f"{name} must be an int >= 1, got {value!r}")
     if config["heads"] % config["kv_heads"]:
         raise ValueError(f"heads = {config['heads']} must be a multiple of kv_heads = {config['kv_heads']}")
-    supported = [str(d).removeprefix("torch.") for d in SUPPORTED_DTYPES[target]]
+    supported = [dtype_name(d) for d in SUPPORTED_DTYPES[target]]
     dtypes = _names(config.get("dtype", "float32"))
     gate_dtypes = _names(config["gate_dtype"]) if "gate_dtype" in config else None
     for name in dtypes + (gate_dtypes or []):

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import pathlib
-import tempfile
 import threading
 import time
 
@@ -25,6 +24,7 @@ import tvm
 import tvm_ffi
 
 from . import __version__
+from .files import replaced_atomically, sha256_of, write_text_atomically
 from .kernels import KERNELS
 from .targets import target_for
 
@@ -151,15 +151,10 @@ def _load_or_build(key: str, kernel: str, params: dict, arch: str, record):
 def _store(executable, path: pathlib.Path) -> None:
     """Export under a temporary name, record its sha256, rename into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_path(path)
-    try:
+    with replaced_atomically(path) as tmp:
         executable.export_library(tmp)
-        digest = _sha256(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _write_atomic(_digest_path(path), json.dumps({"sha256": digest}))
+        digest = sha256_of(tmp)
+    write_text_atomically(_digest_path(path), json.dumps({"sha256": digest}))
     log.debug("nha_tvm: cached %s", path)
 
 
@@ -174,26 +169,4 @@ def _verify(path: pathlib.Path) -> str | None:
         expected = json.loads(_digest_path(path).read_text())["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         return "no valid digest beside it"
-    return None if _sha256(path) == expected else "its sha256 differs from the one recorded"
-
-
-def _sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _temp_path(path: pathlib.Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = _temp_path(path)
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    return None if sha256_of(path) == expected else "its sha256 differs from the one recorded"

@@ -13,13 +13,11 @@ A shared library runs code when it is loaded, and a torn one crashes the process
 its recorded sha256.
 """
 
-import hashlib
 import json
 import logging
 import math
 import os
 import pathlib
-import tempfile
 import time
 
 import torch
@@ -28,6 +26,7 @@ import tvm_ffi
 
 from . import __version__
 from .compiler import build, cache_key, source_digest
+from .files import replaced_atomically, sha256_of, write_text_atomically
 from .kernels import KERNELS
 from .targets import arch_name
 from .tuning.records import bucket_distance
@@ -69,19 +68,9 @@ def write_module(directory: pathlib.Path, kernel: str, params: dict, arch: str, 
     key = cache_key(kernel, params, arch, schedule)
     path = directory / f"{key}.so"
     executable = build(kernel, params, arch, record)
-    fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".so", dir=directory)
-    os.close(fd)
-    try:
+    with replaced_atomically(path) as tmp:
         executable.export_library(tmp)
-        # readable by whichever account serves the package, like any installed library
-        os.chmod(tmp, 0o644)
-        with open(tmp, "rb") as f:
-            digest = _sha256(f)
-        # a rename gives the path a new inode: a process that loaded the old file keeps it intact
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        digest = sha256_of(tmp)
     bucket = None if record is None else {"length": record.workload.length, "window": record.workload.window}
     return {"file": path.name, "kernel": kernel, "params": params, "schedule": schedule,
             "bucket": bucket, "dtype": dtype,
@@ -105,11 +94,7 @@ def write_manifest(directory: pathlib.Path, arch: str, config: dict, modules: li
     manifest = {"format": FORMAT_VERSION, "arch": arch, "versions": build_environment(),
                 "config": config, "modules": modules}
     path = directory / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".json", dir=directory)
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(manifest, indent=2))
     return path
 
 
@@ -302,7 +287,7 @@ def _open_verified(directory: pathlib.Path, entry: dict) -> int:
         raise OpPackageError(f"op package {directory}: {entry['file']} ({entry['kernel']}) is "
                              f"listed in the manifest but cannot be opened: {err.strerror}") from None
     with open(fd, "rb", closefd=False) as f:
-        digest = _sha256(f)
+        digest = sha256_of(f)
     if digest != entry["sha256"]:
         os.close(fd)
         raise OpPackageError(f"op package {directory}: {entry['file']} ({entry['kernel']}) has "
@@ -322,5 +307,3 @@ def _bucket_rank(bucket: dict | None, length: int | None, window: int | None) ->
     return bucket_distance(bucket["length"], bucket["window"], length, window)
 
 
-def _sha256(f) -> str:
-    return hashlib.file_digest(f, "sha256").hexdigest()

@@ -16,6 +16,7 @@ from nha_tvm.schedules import CHUNK_SIZE
 from .compiler import get_kernel
 from .kernel_plan import decode_kernel, prefill_kernels
 from .targets import arch_name
+from .validation import dtype_name
 
 # int32 indexing inside the kernels; the public API clamps larger windows (W >= T is all the same)
 INT32_MAX = 2**31 - 1
@@ -24,10 +25,6 @@ INT32_MAX = 2**31 - 1
 def new_output(*shape, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every buffer a kernel writes comes from here (the tests poison it)."""
     return torch.empty(*shape, dtype=dtype, device=device)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
 
 
 def _chunk_metadata(cu: Tensor, total: int, chunk: int):

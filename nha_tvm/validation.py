@@ -13,6 +13,10 @@ SUPPORTED_DTYPES = {
 }
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def check_tensor(name: str, x, rank: int, layout: str) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
@@ -36,7 +40,7 @@ def check_device_and_dtype(named: dict, *, same_dtype: tuple[str, ...]) -> None:
         if x.device != device:
             raise ValueError(f"{name} is on {x.device} but {first_name} is on {device}: all tensors must be on one device")
         if x.dtype not in allowed:
-            names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+            names = ", ".join(dtype_name(d) for d in allowed)
             raise TypeError(f"{name} has dtype {x.dtype}; supported on {device.type}: {names}")
     dtypes = {named[n].dtype for n in same_dtype}
     if len(dtypes) > 1:

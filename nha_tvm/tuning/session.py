@@ -10,16 +10,11 @@ import tvm_ffi
 from tqdm import tqdm
 from tvm.s_tir import meta_schedule as ms
 
+from ..files import write_text_atomically
 from ..targets import target_for
 from . import records, search
 from .records import apply_trace
 from .workloads import Workload
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class TuningSession:
@@ -96,9 +91,9 @@ class TuningSession:
             workload_line, record_line, _ = best[shash]
             workload_lines.append(workload_line)
             record_lines.append(json.dumps([index, json.loads(record_line)[1]]))
-        write_atomic(self.out / records.WORKLOADS, "\n".join(workload_lines) + "\n")
-        write_atomic(self.out / records.RECORDS, "\n".join(record_lines) + "\n")
+        write_text_atomically(self.out / records.WORKLOADS, "\n".join(workload_lines) + "\n")
+        write_text_atomically(self.out / records.RECORDS, "\n".join(record_lines) + "\n")
         meta = {"arch": self.arch, "versions": records.versions(), "device": device_name,
                 "date": datetime.date.today().isoformat(), "shape": shape,
                 "trials_per_workload": args.trials, "workloads": list(entries.values())}
-        write_atomic(meta_path, json.dumps(meta, indent=1))
+        write_text_atomically(meta_path, json.dumps(meta, indent=1))
