@@ -96,11 +96,21 @@ def build(kernel: str, params: dict, arch: str, record=None):
 
 def get_kernel(kernel: str, arch: str, *, length: int | None = None, window: int | None = None,
                **params):
-    """The compiled function of ``kernel`` for ``arch``: from memory, a loaded op package, the
+    """The compiled function of ``kernel`` for ``arch``: from a loaded op package, memory, the
     disk cache, or a build. ``length`` (tokens, or the decode batch) and ``window`` pick the
     nearest tuned bucket when tuning records exist."""
-    from .op_package import packaged_kernel  # imported here: op_package imports this module
+    from .op_package import active_package_id  # imported here: op_package imports this module
 
+    # the launch path: resolved once per call signature and environment, then a dict lookup
+    return _resolve(kernel, arch, length, window, tuple(sorted(params.items())), active_package_id(),
+                    os.environ.get("NHA_TVM_TUNING_DIR"), os.environ.get("NHA_TVM_CACHE_DIR"))
+
+
+@functools.lru_cache(maxsize=4096)
+def _resolve(kernel, arch, length, window, param_items, package_id, tuning_dir, cache_root):
+    from .op_package import packaged_kernel
+
+    params = dict(param_items)
     packaged = packaged_kernel(kernel, params, arch, length, window)
     if packaged is not None:
         return packaged

@@ -13,6 +13,7 @@ A shared library runs code when it is loaded, and a torn one crashes the process
 its recorded sha256.
 """
 
+import itertools
 import json
 import logging
 import math
@@ -108,6 +109,7 @@ class OpPackage:
         self.directory, self.arch, self.strict = directory, arch, strict
         self.functions = functions
         self._warned: set = set()
+        self.serial = next(_serials)  # unlike id(), never reused by a later package
 
     def kernel(self, kernel: str, params: dict, arch: str, length: int | None, window: int | None):
         """The packaged function of the bucket nearest the call (the package's own buckets,
@@ -156,12 +158,19 @@ def packaged_kernel(kernel: str, params: dict, arch: str, length: int | None = N
 
 
 _active: OpPackage | None = None
+_serials = itertools.count(1)
 _env_consulted = False
 # Libraries are loaded through /proc/self/fd/N, and the dynamic loader returns an already loaded
 # library when the same path is opened again: closing a descriptor would let a later package
 # reuse its number and silently get the old library. So descriptors and modules stay open for
 # the life of the process, as TVM keeps every module it loads.
 _resident: list = []
+
+
+def active_package_id() -> int:
+    """Identifies the package in use (0 for none): compiler memoizes its lookups under it."""
+    package = _active_package()
+    return 0 if package is None else package.serial
 
 
 def _active_package() -> OpPackage | None:

@@ -67,8 +67,9 @@ def test_new_lengths_and_batches_do_not_recompile(fresh_cache, caplog):
     assert sorted(builds) == ["chunk_attend", "slot_state_scan"]
     assert "compiled chunk_attend" in caplog.text
     assert len(list(cache_dir.glob("*.so"))) == 2
-    # a new process (empty memory cache) loads from disk and logs the hit
+    # a new process (empty memory caches) loads from disk and logs the hit
     compiler._loaded.clear()
+    compiler._resolve.cache_clear()
     with caplog.at_level(logging.DEBUG, logger="nha_tvm.compiler"):
         nha_tvm.nha_attention(*make_inputs(1, 20, 2, 2, 8, 8, 4)[:4], window=3)
     assert len(builds) == 2 and "cache hit" in caplog.text
@@ -85,6 +86,7 @@ def test_corrupt_cached_module_is_rebuilt(fresh_cache, monkeypatch, caplog):
         (torn_dir / path.name).write_bytes(path.read_bytes()[:1000] if path.suffix == ".so" else path.read_bytes())
     monkeypatch.setenv("NHA_TVM_CACHE_DIR", str(torn_dir))
     compiler._loaded.clear()
+    compiler._resolve.cache_clear()
     with caplog.at_level(logging.WARNING, logger="nha_tvm.compiler"):
         out, _ = nha_tvm.nha_attention(*args, window=3)
     assert "rebuilding" in caplog.text and len(builds) == 4
