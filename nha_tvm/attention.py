@@ -6,10 +6,8 @@ from . import torch_ops  # noqa: F401  (registers torch.ops.nha.*)
 from nha_tvm.schedules import CHUNK_SIZE
 
 from .decode_cache import NHACache
-from .torch_ops import INT32_MAX
-from .validation import (check_cu_seqlens, check_device_and_dtype, check_dim, check_index_range,
-                         check_no_grad, check_positive, check_scalars, check_state, check_tensor,
-                         check_window)
+from .validation import (check_common, check_cu_seqlens, check_dim, check_index_range,
+                         check_positive, check_scalars, check_state, check_tensor, check_window)
 
 
 def nha_attention(q, k, v, g, *, window, s=None, scale=None, rope_theta=None,
@@ -38,17 +36,9 @@ def nha_attention(q, k, v, g, *, window, s=None, scale=None, rope_theta=None,
     check_positive(HQ=HQ, H=H, K=K, V=V, M=M)
     if HQ % H:
         raise ValueError(f"q has HQ = {HQ} heads, which must be a multiple of k's H = {H} heads")
-    if s is not None:
-        check_tensor("s", s, 4, "[B, T, H, M] (like g)")
-        if s.shape != g.shape:
-            raise ValueError(f"s must have the shape of g {tuple(g.shape)}, got {tuple(s.shape)}")
     check_window(window)
     check_scalars(scale, rope_theta, K)
-    named = {"q": q, "k": k, "v": v, "g": g} | ({"s": s} if s is not None else {})
-    check_device_and_dtype(named, same_dtype=("q", "k", "v"))
-    if s is not None:
-        check_device_and_dtype({"g": g, "s": s}, same_dtype=("g", "s"))
-    check_no_grad(**named)
+    check_common(q, k, v, g, s, s_layout="[B, T, H, M] (like g)")
     N = B if cu_seqlens is None else check_cu_seqlens(cu_seqlens, B, T, q.device)
     chunks = B * T // CHUNK_SIZE + N
     check_index_range(q=B * T * HQ * max(K, V), k=B * T * H * max(K, V), g=B * T * H * M,
@@ -65,7 +55,7 @@ def nha_attention(q, k, v, g, *, window, s=None, scale=None, rope_theta=None,
     h0k, h0v = (None, None) if initial_state is None else (
         initial_state[0].contiguous(), initial_state[1].contiguous())
     packed = [x.contiguous().view(1, B * T, *x.shape[2:]) for x in (q, k, v, g, s)]
-    o, hk, hv = torch.ops.nha.prefill(*packed, cu, h0k, h0v, min(window, INT32_MAX),
+    o, hk, hv = torch.ops.nha.prefill(*packed, cu, h0k, h0v, window,
                                       float(K ** -0.5 if scale is None else scale),
                                       None if rope_theta is None else float(rope_theta))
     return o.view(B, T, HQ, V), ((hk, hv) if output_final_state else None)
@@ -89,16 +79,8 @@ def nha_decode(q, k, v, g, cache: NHACache, s=None, scale=None, rope_theta=None)
         check_dim(name, x, 2, last, f"{label} (the cache's)", layout)
     if HQ % H:
         raise ValueError(f"q has HQ = {HQ} heads, which must be a multiple of the cache's H = {H}")
-    if s is not None:
-        check_tensor("s", s, 3, "[B, H, M] (like g)")
-        if s.shape != g.shape:
-            raise ValueError(f"s must have the shape of g {tuple(g.shape)}, got {tuple(s.shape)}")
     check_scalars(scale, rope_theta, K)
-    named = {"q": q, "k": k, "v": v, "g": g} | ({"s": s} if s is not None else {})
-    check_device_and_dtype(named | {"cache": cache.ring_k}, same_dtype=("q", "k", "v", "cache"))
-    if s is not None:
-        check_device_and_dtype({"g": g, "s": s}, same_dtype=("g", "s"))
-    check_no_grad(**named)
+    check_common(q, k, v, g, s, s_layout="[B, H, M] (like g)", cache_ring=cache.ring_k)
     if s is None:
         s = -torch.expm1(g)
     return torch.ops.nha.decode(

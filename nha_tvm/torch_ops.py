@@ -18,10 +18,6 @@ from .kernel_plan import decode_kernel, prefill_kernels
 from .targets import arch_name
 from .validation import dtype_name
 
-# int32 indexing inside the kernels; the public API clamps larger windows (W >= T is all the same)
-INT32_MAX = 2**31 - 1
-
-
 def new_output(*shape, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every buffer a kernel writes comes from here (the tests poison it)."""
     return torch.empty(*shape, dtype=dtype, device=device)
@@ -73,7 +69,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     chunk_offsets, chunk_seq, num_chunks = _chunk_metadata(cu_seqlens, total, CHUNK_SIZE)
     chunk_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
     chunk_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
-    window = min(window, total)
+    window = min(window, total)  # W >= T is all the same, and fits the kernels' int32
     plan = prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
                            gate_dtype=dtype_name(g.dtype))
 

@@ -83,6 +83,23 @@ def check_scalars(scale, rope_theta, head_dim: int) -> None:
             raise ValueError(f"RoPE needs an even key dim K, got K = {head_dim}")
 
 
+def check_common(q, k, v, g, s, *, s_layout: str, cache_ring=None) -> None:
+    """What prefill and decode share: s (when given) shaped like g; every tensor on one device;
+    q, k, v (and the cache's ring) of one dtype, g and s of one dtype; no autograd."""
+    if s is not None:
+        check_tensor("s", s, g.dim(), s_layout)
+        if s.shape != g.shape:
+            raise ValueError(f"s must have the shape of g {tuple(g.shape)}, got {tuple(s.shape)}")
+    named = {"q": q, "k": k, "v": v, "g": g} | ({"s": s} if s is not None else {})
+    if cache_ring is None:
+        check_device_and_dtype(named, same_dtype=("q", "k", "v"))
+    else:
+        check_device_and_dtype(named | {"cache": cache_ring}, same_dtype=("q", "k", "v", "cache"))
+    if s is not None:
+        check_device_and_dtype({"g": g, "s": s}, same_dtype=("g", "s"))
+    check_no_grad(**named)
+
+
 def check_no_grad(**named) -> None:
     if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in named.values()):
         raise NotImplementedError("nha_tvm kernels have no backward pass yet: call them under "
