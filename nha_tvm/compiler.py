@@ -101,9 +101,24 @@ def get_kernel(kernel: str, arch: str, *, length: int | None = None, window: int
     nearest tuned bucket when tuning records exist."""
     from .op_package import active_package_id  # imported here: op_package imports this module
 
-    # the launch path: resolved once per call signature and environment, then a dict lookup
-    return _resolve(kernel, arch, length, window, tuple(sorted(params.items())), active_package_id(),
-                    os.environ.get("NHA_TVM_TUNING_DIR"), os.environ.get("NHA_TVM_CACHE_DIR"))
+    # the launch path: resolved once per call signature and environment, then a dict lookup;
+    # length and window enter the signature only where there are buckets to choose from, so
+    # a new sequence length is no new signature
+    param_items = tuple(sorted(params.items()))
+    package_id, tuning_dir = active_package_id(), os.environ.get("NHA_TVM_TUNING_DIR")
+    if _bucket_count(kernel, arch, param_items, package_id, tuning_dir) < 2:
+        length = window = None
+    return _resolve(kernel, arch, length, window, param_items, package_id, tuning_dir,
+                    os.environ.get("NHA_TVM_CACHE_DIR"))
+
+
+@functools.lru_cache(maxsize=None)
+def _bucket_count(kernel, arch, param_items, package_id, tuning_dir) -> int:
+    from .op_package import packaged_choices
+    from .tuning import records
+
+    params = dict(param_items)
+    return packaged_choices(kernel, params, arch) + len(records.candidates(kernel, params, arch))
 
 
 @functools.lru_cache(maxsize=4096)

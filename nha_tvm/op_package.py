@@ -157,6 +157,12 @@ def packaged_kernel(kernel: str, params: dict, arch: str, length: int | None = N
     return None if package is None else package.kernel(kernel, params, arch, length, window)
 
 
+def packaged_choices(kernel: str, params: dict, arch: str) -> int:
+    """How many modules (tuned buckets) the active package has for this request."""
+    package = _active_package()
+    return 0 if package is None else len(package.functions.get(_lookup_key(kernel, params, arch), ()))
+
+
 _active: OpPackage | None = None
 _serials = itertools.count(1)
 _env_consulted = False
