@@ -166,14 +166,14 @@ def _names(value) -> list[str]:
     return sorted(set(names))
 
 
-def kernel_requests(config: dict) -> list[KernelRequest]:
-    """Every module the torch ops request for this config, each once."""
+def kernel_requests(config: dict, arch: str) -> list[KernelRequest]:
+    """Every module the torch ops request for this config on ``arch``, each once."""
     HQ, H, K, V, M = (config[name] for name in SIZE_FIELDS)
     requests = {}
     for io, gate in config["dtype_pairs"]:
-        sizes = dict(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=io, gate_dtype=gate)
+        sizes = dict(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=io, gate_dtype=gate, arch=arch)
         plan = prefill_kernels(**sizes)
-        roles = ["state", "attend"] + (["rope_q", "rope_k"] if K % 2 == 0 else [])  # RoPE needs an even K
+        roles = [role for role in plan if K % 2 == 0 or not role.startswith("rope")]  # RoPE needs an even K
         for kernel, params in [plan[role] for role in roles] + [decode_kernel(**sizes)]:
             request = KernelRequest(kernel, params, io, None if kernel == "rope" else gate)
             requests.setdefault((kernel, json.dumps(params, sort_keys=True)), request)
@@ -182,7 +182,7 @@ def kernel_requests(config: dict) -> list[KernelRequest]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    requests = kernel_requests(args.model)
+    requests = kernel_requests(args.model, args.arch)
     start = time.perf_counter()
     start_package(args.out)
     modules = []

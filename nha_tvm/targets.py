@@ -39,5 +39,16 @@ def arch_name(device: torch.device) -> str:
     raise ValueError(f"unsupported device {device}: nha_tvm runs on cpu and cuda")
 
 
+# Dynamic shared memory one thread block may opt into, by compute capability (CUDA guide,
+# "Technical Specifications"); an arch not listed gets the 48 KB every GPU has.
+MAX_SHARED_BYTES = {(7, 0): 96 << 10, (7, 5): 64 << 10, (8, 0): 163 << 10, (8, 6): 99 << 10,
+                    (8, 7): 163 << 10, (8, 9): 99 << 10, (9, 0): 227 << 10}
+
+
+def max_shared_bytes(arch: str) -> int:
+    major, minor = int(arch[3:-1]), int(arch[-1])
+    return MAX_SHARED_BYTES.get((major, minor), 48 << 10)
+
+
 def target_for(arch: str) -> tvm.target.Target:
     return cpu_target() if arch == "cpu" else cuda_target(arch)

@@ -71,14 +71,12 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     chunk_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
     window = min(window, total)  # W >= T is all the same, and fits the kernels' int32
     plan = prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
-                           gate_dtype=dtype_name(g.dtype))
+                           gate_dtype=dtype_name(g.dtype), arch=arch)
 
     def kernel(role, **bucket):
         name, params = plan[role]
         return get_kernel(name, arch, length=total, **bucket, **params)
 
-    kernel("state", window=window)(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k,
-                                   chunk_v, hk, hv, window)
     if rope_theta is not None:
         positions = _positions(cu_seqlens, total)
         q_rot = new_output(total, HQ, K, dtype=q.dtype, device=dev)
@@ -87,8 +85,21 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
         kernel("rope_k")(k3, positions, k_rot, rope_theta)
     else:
         q_rot, k_rot = q3, k3
-    kernel("attend", window=window)(q3, q_rot, k3, k_rot, v3, g3, s3, cu_seqlens, chunk_offsets,
-                                    chunk_seq, chunk_k, chunk_v, o.view(total, HQ, V), window, scale)
+    if "gates" in plan:  # the chunked algorithm (kernel_plan)
+        gcum = new_output(total, H, M, dtype=torch.float32, device=dev)
+        kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, window)
+        kernel("state_delta", window=window)(k3, v3, s3, gcum, cu_seqlens, chunk_offsets,
+                                             chunk_seq, chunk_k, chunk_v, window)
+        kernel("state_scan", window=window)(gcum, cu_seqlens, chunk_offsets, h0k, h0v,
+                                            chunk_k, chunk_v, hk, hv)
+        gates = gcum
+    else:
+        kernel("state", window=window)(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v,
+                                       chunk_k, chunk_v, hk, hv, window)
+        gates = g3
+    kernel("attend", window=window)(q3, q_rot, k3, k_rot, v3, gates, s3, cu_seqlens,
+                                    chunk_offsets, chunk_seq, chunk_k, chunk_v,
+                                    o.view(total, HQ, V), window, scale)
     return o, hk, hv
 
 
@@ -112,9 +123,10 @@ def decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, hk: Tensor, hv
     B, HQ, K = q.shape
     H, V, M = k.shape[1], v.shape[2], g.shape[2]
     o = new_output(B, HQ, V, dtype=q.dtype, device=q.device)
+    arch = arch_name(q.device)
     name, params = decode_kernel(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
-                                 gate_dtype=dtype_name(g.dtype))
-    step = get_kernel(name, arch_name(q.device), length=B, window=window, **params)
+                                 gate_dtype=dtype_name(g.dtype), arch=arch)
+    step = get_kernel(name, arch, length=B, window=window, **params)
     step(q, k, v, g, s, hk, hv, ring_k, ring_v, ring_g, ring_s, pos, o, window, scale,
          int(rope_theta is not None), 1.0 if rope_theta is None else rope_theta)
     return o

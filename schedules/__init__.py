@@ -15,13 +15,18 @@ RULES_BY_TARGET_KIND = {"cuda": CUDA_RULES, "llvm": LLVM_RULES}
 
 def rule_for(func, target) -> ScheduleRule:
     """The rule of ``target`` that handles ``func`` (an unscheduled NHA PrimFunc)."""
+    return rule_named(kernel_name(func), target)
+
+
+def rule_named(kernel: str, target) -> ScheduleRule:
+    """The rule of ``target`` that handles the kernel called ``kernel``."""
     kind = target.kind.name
     if kind not in RULES_BY_TARGET_KIND:
         raise ValueError(f"no schedules for target kind {kind!r}; supported: {sorted(RULES_BY_TARGET_KIND)}")
     for rule in RULES_BY_TARGET_KIND[kind]:
-        if rule.handles(func):
+        if kernel in rule.kernels:
             return rule
-    raise ValueError(f"no {kind} schedule rule handles kernel {kernel_name(func)!r}")
+    raise ValueError(f"no {kind} schedule rule handles kernel {kernel!r}")
 
 
 def default_schedule(func, target) -> Schedule:
@@ -34,7 +39,7 @@ def kernel_name(func) -> str:
     return str(func.attrs["nha.kernel"])
 
 
-__all__ = ["CHUNK_SIZE", "ScheduleRule", "default_schedule", "kernel_name", "rule_for"]
+__all__ = ["CHUNK_SIZE", "ScheduleRule", "default_schedule", "kernel_name", "rule_for", "rule_named"]
 
 # Tokens per chunk of the prefill passes: the state pass stores one state per chunk and the
 # output pass runs one thread per token of a chunk. A knob of the tuning search.

@@ -27,6 +27,7 @@ class ScheduleRule:
     """A schedule for some NHA kernels. ``apply`` returns None for kernels it does not handle."""
 
     kernels: tuple[str, ...] = ()
+    tunable = True  # False: the rule has no knobs, so there is nothing to search
 
     def handles(self, func) -> bool:
         return str(func.attrs["nha.kernel"]) in self.kernels

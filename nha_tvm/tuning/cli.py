@@ -19,6 +19,8 @@ import signal
 import sys
 
 from nha_tvm.kernel_plan import decode_kernel, prefill_kernels
+from nha_tvm.schedules import rule_named
+from nha_tvm.targets import target_for
 
 from . import records
 from .workloads import Workload
@@ -82,19 +84,22 @@ def model_shape(args) -> dict:
     return shape
 
 
-def workloads_for(shape: dict, seq_lens: list[int], batches: list[int], kernels=None) -> list[Workload]:
+def workloads_for(shape: dict, seq_lens: list[int], batches: list[int], arch: str,
+                  kernels=None) -> list[Workload]:
+    """The workloads of every kernel the torch ops use on ``arch`` whose schedule has knobs."""
     sizes = dict(HQ=shape["heads"], H=shape["kv_heads"], K=shape["head_dim"], V=shape["value_dim"],
-                 M=shape["slots"], io_dtype=shape["dtype"], gate_dtype=shape["gate_dtype"])
+                 M=shape["slots"], io_dtype=shape["dtype"], gate_dtype=shape["gate_dtype"], arch=arch)
     plan = prefill_kernels(**sizes)
     found = []
     for T in seq_lens:
-        # RoPE does not depend on the window (bucket window 0); one workload per head count
-        found += [Workload.of(*plan[role], T, 0) for role in ("rope_q", "rope_k")]
-        for W in shape["window"]:
-            found += [Workload.of(*plan[role], T, W) for role in ("state", "attend")]
+        for role, (kernel, params) in plan.items():
+            # RoPE does not depend on the window (bucket window 0)
+            windows = [0] if kernel == "rope" else shape["window"]
+            found += [Workload.of(kernel, params, T, W) for W in windows]
     for B in batches:
         found += [Workload.of(*decode_kernel(**sizes), B, W) for W in shape["window"]]
-    unique = list(dict.fromkeys(found))
+    target = target_for(arch)
+    unique = [w for w in dict.fromkeys(found) if rule_named(w.kernel, target).tunable]
     return [w for w in unique if kernels is None or w.kernel in kernels]
 
 
@@ -138,9 +143,9 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     shape = model_shape(args)
     kernels = set(args.kernels.split(",")) if args.kernels else None
-    workloads = workloads_for(shape, [int(x) for x in args.seq_lens.split(",")],
-                              [int(x) for x in args.batch.split(",")], kernels)
     arch, device_name = resolve_arch(args)
+    workloads = workloads_for(shape, [int(x) for x in args.seq_lens.split(",")],
+                              [int(x) for x in args.batch.split(",")], arch, kernels)
     out = (args.out or records.user_dir()) / arch
     (out / "work").mkdir(parents=True, exist_ok=True)
     rpc = None

@@ -16,6 +16,14 @@ from tvm import tirx
 from ..kernels import KERNELS
 
 ROPE_THETA = 10000.0
+# argument index of cu_seqlens, chunk_offsets and chunk_seq (None: not an argument) in the
+# kernels over packed tokens and chunks
+CHUNK_TABLES = {
+    "slot_state_scan": (4, 5, None),
+    "chunk_attend": (7, 8, 9),
+    "chunk_gate_cumsum": (1, 2, 3),
+    "chunk_state_scan": (1, 2, None),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +43,7 @@ class Workload:
 
     @property
     def name(self) -> str:
-        unit = "B" if self.kernel == "decode_step" else "T"
+        unit = "B" if self.kernel.startswith("decode") else "T"
         return f"{self.kernel}-{unit}{self.length}-W{self.window}"
 
     def to_json(self) -> dict:
@@ -51,11 +59,11 @@ class Workload:
 
     def _sizes_and_scalars(self):
         p, T, W = self.param_dict, self.length, self.window
-        if self.kernel == "decode_step":
+        if self.kernel.startswith("decode"):
             return {"B": T, "R": max(W, 1)}, {"window": W, "scale": p["K"] ** -0.5,
                                               "use_rope": 1, "theta": ROPE_THETA}
         sizes = {"total": T}
-        if self.kernel in ("slot_state_scan", "chunk_attend"):
+        if self.kernel in CHUNK_TABLES:
             sizes.update(N=1, bounds=2, NC=T // p["C"] + 1)
         scalars = {"window": min(W, T), "scale": p.get("K", 1) ** -0.5, "theta": ROPE_THETA}
         return sizes, scalars
@@ -86,12 +94,13 @@ class Workload:
         p, T, W = self.param_dict, self.length, self.window
         if self.kernel == "rope":
             return {1: list(range(T))}
-        if self.kernel == "decode_step":
+        if self.kernel.startswith("decode"):
             return {11: [W + 7] * T}  # steady state: the window is full
         chunks = -(-T // p["C"])
-        table = {4: [0, T], 5: [0, chunks]} if self.kernel == "slot_state_scan" else {7: [0, T], 8: [0, chunks]}
-        if self.kernel == "chunk_attend":
-            table[9] = [0] * chunks + [1] * (T // p["C"] + 1 - chunks)
+        cu, offsets, chunk_seq = CHUNK_TABLES[self.kernel]
+        table = {cu: [0, T], offsets: [0, chunks]}
+        if chunk_seq is not None:
+            table[chunk_seq] = [0] * chunks + [1] * (T // p["C"] + 1 - chunks)
         return table
 
 

@@ -2,6 +2,7 @@
 
 from .chunk_attend import ChunkAttend
 from .decode_step import DecodeStep
+from .premapped import PreMapped
 from .thread_per_element import ThreadPerElement
 
-RULES = [ChunkAttend(), DecodeStep(), ThreadPerElement()]
+RULES = [ChunkAttend(), DecodeStep(), PreMapped(), ThreadPerElement()]

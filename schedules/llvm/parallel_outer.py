@@ -13,6 +13,8 @@ PARALLEL_DEPTH = {
     "slot_state_scan": {"key_state": 3, "value_state": 3},
     "chunk_attend": {"attend": 2},
     "rope": {"rope": 2},
+    "chunk_gate_cumsum": {"cumsum": 2},
+    "chunk_state_scan": {"key_chunks": 3, "value_chunks": 3},
     "decode_step": {"key_update": 2, "value_update": 2, "ring_write_k": 2, "ring_write_v": 2,
                     "ring_write_gate": 2, "attend": 2, "advance": 1},
 }

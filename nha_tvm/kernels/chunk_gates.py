@@ -1,0 +1,47 @@
+"""Gate prefix sums inside each chunk, for the chunked prefill on GPUs.
+
+With the slot inputs shifted by W (spec, "Chunked form": g'_t = g_{t-W}, zero for positions
+< W), every chunked pass needs G_t[m] = sum of g'[m] from the chunk start to t. The state pass
+and the output pass both read it, so it is computed once: a serial sum over the C tokens of a
+chunk per (chunk, kv head, slot), parallel over everything else.
+"""
+
+from tvm.script import tirx as T
+
+
+def chunk_gate_cumsum(*, H: int, M: int, C: int, gate_dtype: str):
+    """Arguments: g [total, H, M], cu_seqlens and chunk_offsets [N + 1], chunk_seq [NC]
+    (sequence of each global chunk, N for padding chunks), the output gcum [total, H, M]
+    (float32), then the window W."""
+
+    @T.prim_func(s_tir=True)
+    def func(g_h: T.handle, cu_h: T.handle, choff_h: T.handle, chseq_h: T.handle,
+             gcum_h: T.handle, window: T.int32):
+        T.func_attr({"global_symbol": "chunk_gate_cumsum", "tirx.noalias": True,
+                     "nha.kernel": "chunk_gate_cumsum"})
+        total = T.int32()
+        bounds = T.int32()  # N + 1
+        NC = T.int32()
+        g = T.match_buffer(g_h, (total, H, M), gate_dtype)
+        cu = T.match_buffer(cu_h, (bounds,), "int32")
+        choff = T.match_buffer(choff_h, (bounds,), "int32")
+        chseq = T.match_buffer(chseq_h, (NC,), "int32")
+        gcum = T.match_buffer(gcum_h, (total, H, M), "float32")
+
+        for c, h, m in T.grid(NC, H, M):
+            with T.sblock("cumsum"):
+                vc, vh, vm = T.axis.remap("SSS", [c, h, m])
+                T.reads(g[0:total, vh, vm], cu[0:bounds], choff[0:bounds], chseq[vc])
+                T.writes(gcum[0:total, vh, vm])
+                acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                n: T.let[T.int32] = chseq[vc]
+                if n < bounds - 1:
+                    start: T.let[T.int32] = cu[n]
+                    p0: T.let[T.int32] = (vc - choff[n]) * C
+                    acc[0] = T.float32(0)
+                    for r in T.serial(T.min(C, cu[n + 1] - start - p0)):
+                        if p0 + r >= window:
+                            acc[0] = acc[0] + T.Cast("float32", g[start + p0 + r - window, vh, vm])
+                        gcum[start + p0 + r, vh, vm] = acc[0]
+
+    return func

@@ -1,0 +1,11 @@
+"""The thread layout shared by the hand-mapped CUDA kernels: a block of 256 threads seen as a
+16 x 16 grid; thread (ty, tx) owns output rows ty + 16 a and columns tx + 16 b, so a warp
+(two values of ty) reads consecutive words along a row and broadcasts along a column."""
+
+THREADS = 256
+TX = 16
+TY = THREADS // TX
+
+
+def ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
