@@ -72,7 +72,7 @@ def cache_key(kernel: str, params: dict, arch: str, schedule: str = "default") -
 def build(kernel: str, params: dict, arch: str, record=None):
     """Schedule ``kernel`` for ``arch`` with a tuning record's trace (when given and it applies)
     or the default schedule, and compile it; returns the TVM executable."""
-    from nha_tvm.schedules import default_schedule
+    from nha_tvm.schedules import default_schedule, rule_for
 
     from .tuning.records import apply_trace
 
@@ -91,7 +91,8 @@ def build(kernel: str, params: dict, arch: str, record=None):
         log.info("nha_tvm: no tuning record for %s %s on %s; default schedule", kernel, params, arch)
     if sch is None:
         sch = default_schedule(func, target)
-    return tvm.compile(sch.mod, target=target)
+    with tvm.transform.PassContext(config=rule_for(func, target).pass_config):
+        return tvm.compile(sch.mod, target=target)
 
 
 def get_kernel(kernel: str, arch: str, *, length: int | None = None, window: int | None = None,

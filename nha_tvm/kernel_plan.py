@@ -10,11 +10,16 @@ its roles:
 - ``portable`` (CPU, and GPUs whose shared memory cannot hold the output pass's tiles): the
   state pass as a serial recurrence per state element, and an output pass with a thread per
   token.
+
+A decode step is likewise the fused CUDA kernel or the portable one.
 """
+
+import functools
 
 from nha_tvm.schedules import CHUNK_SIZE
 
 from .kernels.cuda.chunk_attend import shared_bytes
+from .kernels.cuda.decode_step import decode_step_cuda
 from .targets import max_shared_bytes
 
 PORTABLE_ROLES = ("state", "rope_q", "rope_k", "attend")
@@ -56,4 +61,20 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
 
 def decode_kernel(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
                   gate_dtype: str, arch: str) -> tuple[str, dict]:
-    return "decode_step", dict(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=io_dtype, gate_dtype=gate_dtype)
+    """On CUDA the fused step (a block per sequence and kv head, the state in shared memory)
+    where its buffers fit; else the portable step."""
+    params = dict(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=io_dtype, gate_dtype=gate_dtype)
+    if arch != "cpu" and _fused_decode_fits(arch, **params):
+        return "decode_step_cuda", params
+    return "decode_step", params
+
+
+@functools.lru_cache(maxsize=None)
+def _fused_decode_fits(arch: str, **params) -> bool:
+    if 4 * params["M"] * (params["K"] + params["V"]) > max_shared_bytes(arch):  # the slot states
+        return False
+    try:  # the definition refuses shapes whose static shared buffers pass 48 KB
+        decode_step_cuda(**params)
+    except ValueError:
+        return False
+    return True

@@ -28,6 +28,7 @@ class ScheduleRule:
 
     kernels: tuple[str, ...] = ()
     tunable = True  # False: the rule has no knobs, so there is nothing to search
+    pass_config: dict = {}  # TVM PassContext options its kernels are compiled with
 
     def handles(self, func) -> bool:
         return str(func.attrs["nha.kernel"]) in self.kernels

@@ -225,7 +225,7 @@ def test_cross_build_for_sm90_writes_package(tmp_path, isolated):
     # heads == kv_heads: one rope module serves q and k
     kernels = sorted(m["kernel"] for m in manifest["modules"])
     assert kernels == ["chunk_attend_cuda", "chunk_gate_cumsum", "chunk_state_delta", "chunk_state_scan",
-                       "decode_step", "rope"]
+                       "decode_step_cuda", "rope"]
     for module in manifest["modules"]:
         assert hashlib.sha256((out / module["file"]).read_bytes()).hexdigest() == module["sha256"]
         assert (module["arch"], module["dtype"]) == ("sm_90", "bfloat16")

@@ -12,6 +12,7 @@ from .chunk_gates import chunk_gate_cumsum
 from .chunk_state_scan import chunk_state_scan
 from .cuda.chunk_attend import chunk_attend as chunk_attend_cuda
 from .cuda.chunk_state_delta import chunk_state_delta
+from .cuda.decode_step import decode_step_cuda
 from .decode_step import decode_step
 from .rope import rope
 from .slot_state_scan import slot_state_scan
@@ -25,6 +26,7 @@ KERNELS = {
     "chunk_state_scan": chunk_state_scan,
     "chunk_state_delta": chunk_state_delta,
     "chunk_attend_cuda": chunk_attend_cuda,
+    "decode_step_cuda": decode_step_cuda,
 }
 
 __all__ = ["KERNELS"]

@@ -10,6 +10,10 @@ chunk's start (what the output pass reads), in place, and writes the final state
 
 from tvm.script import tirx as T
 
+# chunks whose loads are issued together: the loads do not depend on the running state, so a
+# thread keeps UNROLL of them in flight instead of waiting for each in turn
+UNROLL = 8
+
 
 def chunk_state_scan(*, H: int, K: int, V: int, M: int, C: int):
     """Arguments: gcum [total, H, M] (gate prefix sums inside chunks), cu_seqlens and
@@ -43,14 +47,20 @@ def chunk_state_scan(*, H: int, K: int, V: int, M: int, C: int):
                 T.reads(gcum[0:total, vh, vm], cu[0:N + 1], choff[0:N + 1], h0k[vn, vh, vi, vm])
                 T.writes(chunk_k[0:NC, vh, vi, vm], hk[vn, vh, vi, vm])
                 acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                add = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                add = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
+                decay = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
                 start: T.let[T.int32] = cu[vn]
                 length: T.let[T.int32] = cu[vn + 1] - start
+                chunks: T.let[T.int32] = (length + C - 1) // C
                 acc[0] = h0k[vn, vh, vi, vm]
-                for lc in T.serial((length + C - 1) // C):
-                    add[0] = chunk_k[choff[vn] + lc, vh, vi, vm]
-                    chunk_k[choff[vn] + lc, vh, vi, vm] = acc[0]
-                    acc[0] = acc[0] * T.exp(gcum[start + T.min(lc * C + C, length) - 1, vh, vm]) + add[0]
+                for group in T.serial((chunks + UNROLL - 1) // UNROLL):
+                    for u in T.unroll(UNROLL):
+                        add[u] = chunk_k[choff[vn] + T.min(group * UNROLL + u, chunks - 1), vh, vi, vm]
+                        decay[u] = gcum[start + T.min((T.min(group * UNROLL + u, chunks - 1) + 1) * C, length) - 1, vh, vm]
+                    for u in T.unroll(UNROLL):
+                        if group * UNROLL + u < chunks:
+                            chunk_k[choff[vn] + group * UNROLL + u, vh, vi, vm] = acc[0]
+                            acc[0] = acc[0] * T.exp(decay[u]) + add[u]
                 hk[vn, vh, vi, vm] = acc[0]
 
         for n, h, m, e in T.grid(N, H, M, V):
@@ -59,14 +69,20 @@ def chunk_state_scan(*, H: int, K: int, V: int, M: int, C: int):
                 T.reads(gcum[0:total, vh, vm], cu[0:N + 1], choff[0:N + 1], h0v[vn, vh, vm, ve])
                 T.writes(chunk_v[0:NC, vh, vm, ve], hv[vn, vh, vm, ve])
                 acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                add = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                add = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
+                decay = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
                 start: T.let[T.int32] = cu[vn]
                 length: T.let[T.int32] = cu[vn + 1] - start
+                chunks: T.let[T.int32] = (length + C - 1) // C
                 acc[0] = h0v[vn, vh, vm, ve]
-                for lc in T.serial((length + C - 1) // C):
-                    add[0] = chunk_v[choff[vn] + lc, vh, vm, ve]
-                    chunk_v[choff[vn] + lc, vh, vm, ve] = acc[0]
-                    acc[0] = acc[0] * T.exp(gcum[start + T.min(lc * C + C, length) - 1, vh, vm]) + add[0]
+                for group in T.serial((chunks + UNROLL - 1) // UNROLL):
+                    for u in T.unroll(UNROLL):
+                        add[u] = chunk_v[choff[vn] + T.min(group * UNROLL + u, chunks - 1), vh, vm, ve]
+                        decay[u] = gcum[start + T.min((T.min(group * UNROLL + u, chunks - 1) + 1) * C, length) - 1, vh, vm]
+                    for u in T.unroll(UNROLL):
+                        if group * UNROLL + u < chunks:
+                            chunk_v[choff[vn] + group * UNROLL + u, vh, vm, ve] = acc[0]
+                            acc[0] = acc[0] * T.exp(decay[u]) + add[u]
                 hv[vn, vh, vm, ve] = acc[0]
 
     return func

@@ -1,15 +1,18 @@
 """Kernels written with their thread mapping (``nha_tvm/kernels/cuda``): nothing to schedule.
 
 Their tile sizes are fixed by the definitions, so they offer the tuner no knobs
-(``tunable = False``: ``nha-tune`` skips them).
+(``tunable = False``: ``nha-tune`` skips them). They are compiled without TVM's storage
+rewrite: it would fold the 16-bit tensor-core operand tiles into fp32 buffers of the same
+shared memory, which the WMMA pointers cannot address.
 """
 
 from ..base import ScheduleRule
 
 
 class PreMapped(ScheduleRule):
-    kernels = ("chunk_state_delta", "chunk_attend_cuda")
+    kernels = ("chunk_state_delta", "chunk_attend_cuda", "decode_step_cuda")
     tunable = False
+    pass_config = {"tirx.disable_storage_rewrite": True}
 
     def schedule(self, sch, knobs):
         pass

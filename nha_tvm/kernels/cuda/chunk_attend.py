@@ -13,26 +13,88 @@ window of a chunk spans at most C + W - 1 keys, visited in tiles, so W may be an
 [T, M + W] score tensor or per-token state ever reaches global memory.
 
 Thread mapping (``layout``): 256 threads as 16 x 16; thread (ty, tx) owns rows t = ty + 16 a of
-every [C, *] tile and columns tx + 16 b. Rows that need a serial pass (softmax statistics) take
-one thread each. Shared rows that are read down a column (keys, s', G) are padded by one word,
-so the 16 threads of a half-warp hit 16 different banks. Results are kept in registers and
-written to shared memory in separate loops: TVM plans barriers conservatively across the merged
-dynamic shared buffer, and a store between two reads would cost a barrier each.
+every [C, *] tile and columns tx + 16 b, so the 16 threads of a row are 16 lanes of one warp
+and the softmax statistics of a row are warp shuffles. The loops over keys and slots are
+register-blocked: a thread loads a key's (or a slot's) values once for all its rows. Shared
+rows that are read down a column (keys, s', G) are padded by one word, so the 16 threads of a
+half-warp hit 16 different banks. Results are kept in registers and written to shared memory
+in separate loops: TVM plans barriers conservatively across the merged dynamic shared buffer,
+and a store between two reads would cost a barrier each. With 16-bit inputs the key and value
+matmuls (Q k'^T, X v', the window's Q K^T and P V) run on tensor cores through WMMA, each
+warp taking whole 16 x 16 output tiles.
 """
 
 from tvm.script import tirx as T
 
-from .layout import THREADS, TX, TY, ceil_div
+from .layout import LOG2_TX, THREADS, TX, TY, ceil_div
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
+WARPS = THREADS // 32
+
+
+def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
+    """The key and value matmuls run on tensor cores (WMMA 16 x 16 x 16, fp32 accumulate) for
+    16-bit inputs whose tiles divide evenly among the warps; fp32 inputs stay on CUDA cores."""
+    return io_dtype in ("bfloat16", "float16") and K % 16 == 0 and (C // 16) * (V // 16) % WARPS == 0 \
+        and V % 16 == 0 and (C // 16) ** 2 % WARPS == 0
+
+
+@T.macro
+def warp_matmul(warp, fa, fb, fc, out, out_ld, a, a_ld, b, b_ld, b_layout, m_tiles, n_tiles,
+                k_tiles):
+    """out[m, n] = a[m, k] @ b[k, n] (b given as b^T when ``b_layout`` is col_major) on tensor
+    cores: the m_tiles x n_tiles output tiles of 16 x 16 are dealt out evenly to the warps."""
+    for f in T.serial(m_tiles * n_tiles // WARPS):
+        T.tvm_fill_fragment(fc.data, 16, 16, 16, 0, T.float32(0))
+        for kk in T.serial(k_tiles):
+            T.tvm_load_matrix_sync(
+                fa.data, 16, 16, 16, 0,
+                T.tvm_access_ptr(T.type_annotation(a.dtype), a.data,
+                                 ((warp * (m_tiles * n_tiles // WARPS) + f) // n_tiles) * 16 * a_ld + kk * 16, 16 * a_ld, 1),
+                a_ld, "row_major")
+            if b_layout == "col_major":
+                T.tvm_load_matrix_sync(
+                    fb.data, 16, 16, 16, 0,
+                    T.tvm_access_ptr(T.type_annotation(b.dtype), b.data,
+                                     ((warp * (m_tiles * n_tiles // WARPS) + f) % n_tiles) * 16 * b_ld + kk * 16, 16 * b_ld, 1),
+                    b_ld, "col_major")
+            else:
+                T.tvm_load_matrix_sync(
+                    fb.data, 16, 16, 16, 0,
+                    T.tvm_access_ptr(T.type_annotation(b.dtype), b.data,
+                                     kk * 16 * b_ld + ((warp * (m_tiles * n_tiles // WARPS) + f) % n_tiles) * 16, 16 * b_ld, 1),
+                    b_ld, "row_major")
+            T.tvm_mma_sync(fc.data, 0, fa.data, 0, fb.data, 0, fc.data, 0)
+        T.tvm_store_matrix_sync(
+            fc.data, 16, 16, 16, 0,
+            T.tvm_access_ptr(T.type_annotation("float32"), out.data,
+                             ((warp * (m_tiles * n_tiles // WARPS) + f) // n_tiles) * 16 * out_ld
+                             + ((warp * (m_tiles * n_tiles // WARPS) + f) % n_tiles) * 16, 16 * out_ld, 2),
+            out_ld, "row_major")
+
+
+def tile_layout(*, K: int, V: int, C: int, io_dtype: str) -> dict:
+    """Whether the matmuls use tensor cores, and the row strides (elements) of the shared tiles.
+
+    CUDA cores read keys down their columns: fp32, rows padded by a word. Tensor cores load
+    16 x 16 tiles row by row: rows padded by 16 bytes (a multiple of it, as WMMA needs) spread
+    a tile's 16 rows over all banks."""
+    if uses_tensor_cores(K=K, V=V, C=C, io_dtype=io_dtype):
+        return dict(tensor_cores=True, key_dtype=io_dtype, key_row=K + 8, q_row=K + 8,
+                    v_row=V + 8, x_row=C + 4, w_row=C + 8, prod_row=V + 4)
+    return dict(tensor_cores=False, key_dtype="float32", key_row=K + 1, q_row=K, v_row=V,
+                x_row=C, w_row=0, prod_row=0)
 
 
 def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
     """Dynamic shared memory of one block (the kernel cannot run where this does not fit)."""
     io = 4 if io_dtype == "float32" else 2
-    return (C * K * io + C * (K + 1) * 4 + C * V * io + 2 * C * (M + 1) * 4 + C * M * 4 + C * C * 4
-            + STATE_ROWS * max(M, V) * 4)
+    lay = tile_layout(K=K, V=V, C=C, io_dtype=io_dtype)
+    key = 4 if lay["key_dtype"] == "float32" else io
+    return C * (lay["q_row"] * io + lay["key_row"] * key + lay["v_row"] * io + 2 * (M + 1) * 4
+                + M * 4 + lay["x_row"] * 4 + lay["w_row"] * io + lay["prod_row"] * 4) \
+        + STATE_ROWS * max(M, V) * 4
 
 
 def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: str,
@@ -43,6 +105,10 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (chunk-start states), the output
     o [total, HQ, V], then the window W and the softmax scale."""
     assert C % TY == 0 and C % TX == 0, "the chunk must be a multiple of 16 tokens"
+    lay = tile_layout(K=K, V=V, C=C, io_dtype=io_dtype)
+    tensor_cores, key_dtype = lay["tensor_cores"], lay["key_dtype"]
+    key_row, q_row, v_row, x_row = lay["key_row"], lay["q_row"], lay["v_row"], lay["x_row"]
+    w_row, prod_row = max(lay["w_row"], 1), max(lay["prod_row"], 1)
     group = HQ // H
     rows = C // TY
     cols_m, cols_c, cols_v = ceil_div(M, TX), C // TX, ceil_div(V, TX)
@@ -81,30 +147,42 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             s[0:total, 0:H, 0:M], cu[0:bounds], choff[0:bounds], chseq[0:NC],
                             chunk_k[0:NC, 0:H, 0:K, 0:M], chunk_v[0:NC, 0:H, 0:M, 0:V])
                     T.writes(o[0:total, 0:HQ, 0:V])
-                    qs = T.sblock_alloc_buffer((C, K), io_dtype, scope="shared.dyn")
+                    qs = T.sblock_alloc_buffer((C * q_row,), io_dtype, scope="shared.dyn")
                     # ks, gs and ss are read down their columns: flat, with rows padded by one
                     # word so a half-warp hits 16 banks (a 2-D buffer would be compacted back)
-                    ks = T.sblock_alloc_buffer((C * (K + 1),), "float32", scope="shared.dyn")
-                    vs = T.sblock_alloc_buffer((C, V), io_dtype, scope="shared.dyn")
+                    ks = T.sblock_alloc_buffer((C * key_row,), key_dtype, scope="shared.dyn")
+                    vs = T.sblock_alloc_buffer((C * v_row,), io_dtype, scope="shared.dyn")
                     gs = T.sblock_alloc_buffer((C * (M + 1),), "float32", scope="shared.dyn")
                     ss = T.sblock_alloc_buffer((C * (M + 1),), "float32", scope="shared.dyn")
                     ps = T.sblock_alloc_buffer((C, M), "float32", scope="shared.dyn")
-                    xs = T.sblock_alloc_buffer((C, C), "float32", scope="shared.dyn")
+                    xs = T.sblock_alloc_buffer((C * x_row,), "float32", scope="shared.dyn")
                     state = T.sblock_alloc_buffer((STATE_ROWS * max(M, V),), "float32", scope="shared.dyn")
-                    # the row statistics are written under `if tid < C`; kept out of the merged
-                    # dynamic buffer, so TVM's barrier planner sees they don't alias the tiles
-                    row_max = T.sblock_alloc_buffer((C,), "float32", scope="shared")
-                    row_sum = T.sblock_alloc_buffer((C,), "float32", scope="shared")
-                    row_rescale = T.sblock_alloc_buffer((C,), "float32", scope="shared")
+                    # tensor cores: 16-bit weights (P, X) as the A operand, and the product tile
+                    weights = T.sblock_alloc_buffer((C * w_row,) if tensor_cores else (1,), io_dtype, scope="shared.dyn")
+                    product = T.sblock_alloc_buffer((C * prod_row,) if tensor_cores else (1,), "float32", scope="shared.dyn")
+                    fa = T.sblock_alloc_buffer((16, 16), io_dtype, scope="wmma.matrix_a")
+                    fb = T.sblock_alloc_buffer((16, 16), io_dtype, scope="wmma.matrix_b")  # row major
+                    fb_t = T.sblock_alloc_buffer((16, 16), io_dtype, scope="wmma.matrix_b")  # col major
+                    fc = T.sblock_alloc_buffer((16, 16), "float32", scope="wmma.accumulator")
+                    # running softmax statistics of the thread's rows (equal across a row's lanes)
+                    row_max = T.sblock_alloc_buffer((rows,), "float32", scope="local")
+                    row_sum = T.sblock_alloc_buffer((rows,), "float32", scope="local")
+                    tile_max = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    tile_sum = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    rescale = T.sblock_alloc_buffer((1,), "float32", scope="local")
                     acc_m = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
                     acc_c = T.sblock_alloc_buffer((rows, cols_c), "float32", scope="local")
                     acc_v = T.sblock_alloc_buffer((rows, cols_v), "float32", scope="local")
-                    red = T.sblock_alloc_buffer((2,), "float32", scope="local")
+                    g_row = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
+                    p_row = T.sblock_alloc_buffer((rows,), "float32", scope="local")
+                    s_col = T.sblock_alloc_buffer((max(cols_m, cols_c),), "float32", scope="local")
+                    g_col = T.sblock_alloc_buffer((max(cols_m, cols_c),), "float32", scope="local")
                     c: T.let[T.int32] = bx // HQ
                     hq: T.let[T.int32] = bx % HQ
                     h: T.let[T.int32] = hq // group
                     ty: T.let[T.int32] = tid // TX
                     tx: T.let[T.int32] = tid % TX
+                    warp: T.let[T.int32] = tid // 32
                     # a padding chunk (sequence N) computes on zeros and stores nothing:
                     # barriers cannot sit under a branch, so every block runs the same code
                     n: T.let[T.int32] = T.min(chseq[c], bounds - 2)
@@ -116,18 +194,18 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     # (staging loops clamp their index instead of branching: a few threads
                     # store the same value twice, and no store sits under a condition, where
                     # TVM could not place the barrier a later reuse of the buffer needs)
-                    for j in T.serial(ceil_div(C * K, THREADS)):
+                    for j in T.unroll(ceil_div(C * K, THREADS)):
                         r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
                         i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
-                        qs[r, i] = T.if_then_else(r < valid, q[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
-                        ks[r * (K + 1) + i] = T.if_then_else(r < valid and p0 + r >= window,
-                                                  T.Cast("float32", k[start + p0 + r - window, h, i]), T.float32(0))
-                    for j in T.serial(ceil_div(C * V, THREADS)):
+                        qs[r * q_row + i] = T.if_then_else(r < valid, q[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
+                        ks[r * key_row + i] = T.if_then_else(r < valid and p0 + r >= window,
+                                                             T.Cast(key_dtype, k[start + p0 + r - window, h, i]), T.Cast(key_dtype, 0))
+                    for j in T.unroll(ceil_div(C * V, THREADS)):
                         r: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) // V
                         e: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) % V
-                        vs[r, e] = T.if_then_else(r < valid and p0 + r >= window,
+                        vs[r * v_row + e] = T.if_then_else(r < valid and p0 + r >= window,
                                                   v[start + p0 + r - window, h, e], T.Cast(io_dtype, 0))
-                    for j in T.serial(ceil_div(C * M, THREADS)):
+                    for j in T.unroll(ceil_div(C * M, THREADS)):
                         r: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) // M
                         m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
                         gs[r * (M + 1) + m] = T.if_then_else(r < valid, gcum[start + p0 + r, h, m], T.float32(0))
@@ -139,7 +217,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for b in T.unroll(cols_m):
                             acc_m[a, b] = T.float32(0)
                     for i0 in T.serial(ceil_div(K, STATE_ROWS)):
-                        for j in T.serial(ceil_div(STATE_ROWS * M, THREADS)):
+                        for j in T.unroll(ceil_div(STATE_ROWS * M, THREADS)):
                             # rows past K are clamped to K - 1 and never read
                             state[T.min(j * THREADS + tid, STATE_ROWS * M - 1)] = chunk_k[
                                 c, h, T.min(i0 * STATE_ROWS + T.min(j * THREADS + tid, STATE_ROWS * M - 1) // M, K - 1),
@@ -149,60 +227,89 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                 for a in T.unroll(rows):
                                     for b in T.unroll(cols_m):
                                         if tx + TX * b < M:
-                                            acc_m[a, b] = acc_m[a, b] + T.Cast("float32", qs[ty + TY * a, i0 * STATE_ROWS + ii]) * state[ii * M + tx + TX * b]
-                    # ---- intra-chunk part: X = Q k'^T (causal), then the pairwise decays ----
-                    for a in T.unroll(rows):
-                        for b in T.unroll(cols_c):
-                            acc_c[a, b] = T.float32(0)
-                    for i in T.serial(K):
+                                            acc_m[a, b] = acc_m[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i0 * STATE_ROWS + ii]) * state[ii * M + tx + TX * b]
+                    # ---- intra-chunk part: X = Q k'^T (read only where tau <= t), then the
+                    # pairwise decays ----
+                    if tensor_cores:
+                        warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
+                    else:
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
-                                acc_c[a, b] = acc_c[a, b] + T.Cast("float32", qs[ty + TY * a, i]) * ks[(tx + TX * b) * (K + 1) + i]
-                    for a in T.unroll(rows):
-                        for b in T.unroll(cols_c):
-                            xs[ty + TY * a, tx + TX * b] = T.if_then_else(tx + TX * b <= ty + TY * a, acc_c[a, b], T.float32(0))
-                    for a in T.unroll(rows):
-                        for b in T.unroll(cols_m):
-                            if tx + TX * b < M:
-                                acc_m[a, b] = acc_m[a, b] * T.exp(gs[(ty + TY * a) * (M + 1) + tx + TX * b])
-                                for tau in T.serial(ty + TY * a + 1):
-                                    acc_m[a, b] = acc_m[a, b] + xs[ty + TY * a, tau] * ss[tau * (M + 1) + tx + TX * b] * T.exp(
-                                        gs[(ty + TY * a) * (M + 1) + tx + TX * b] - gs[tau * (M + 1) + tx + TX * b])
-                                acc_m[a, b] = acc_m[a, b] * scale
-                    for a in T.unroll(rows):
-                        for b in T.unroll(cols_m):
-                            if tx + TX * b < M:
-                                ps[ty + TY * a, tx + TX * b] = acc_m[a, b]
-
-                    # ---- softmax over the M slots (the window joins online below) ----
-                    if tid < C:
-                        red[0] = T.float32(NEG)
-                        for m in T.serial(M):
-                            red[0] = T.max(red[0], ps[tid, m])
-                        red[1] = T.float32(0)
-                        for m in T.serial(M):
-                            red[1] = red[1] + T.exp(ps[tid, m] - red[0])
-                        row_max[tid] = red[0]
-                        row_sum[tid] = red[1]
+                                acc_c[a, b] = T.float32(0)
+                        for i in T.serial(K):
+                            for a in T.unroll(rows):
+                                for b in T.unroll(cols_c):
+                                    acc_c[a, b] = acc_c[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i]) * ks[(tx + TX * b) * key_row + i]
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_c):
+                                xs[(ty + TY * a) * x_row + tx + TX * b] = acc_c[a, b]
+                    # register-blocked: per key tau each thread loads s'_tau and G_tau of its
+                    # columns once for all its rows; rows of an earlier 16-token block than
+                    # tau's are skipped at compile time, the diagonal block is masked
+                    # (columns past M are clamped and never stored)
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_m):
-                            acc_m[a, b] = T.exp(acc_m[a, b] - row_max[ty + TY * a])
+                            g_row[a, b] = gs[(ty + TY * a) * (M + 1) + T.min(tx + TX * b, M - 1)]
+                            acc_m[a, b] = acc_m[a, b] * T.exp(g_row[a, b])
+                    for block in T.unroll(rows):
+                        for tt in T.serial(TY):
+                            for b in T.unroll(cols_m):
+                                s_col[b] = ss[(block * TY + tt) * (M + 1) + T.min(tx + TX * b, M - 1)]
+                                g_col[b] = gs[(block * TY + tt) * (M + 1) + T.min(tx + TX * b, M - 1)]
+                            for a in T.unroll(rows):
+                                if a >= block:
+                                    for b in T.unroll(cols_m):
+                                        acc_m[a, b] = acc_m[a, b] + T.if_then_else(
+                                            block * TY + tt <= ty + TY * a,
+                                            xs[(ty + TY * a) * x_row + block * TY + tt] * s_col[b] * T.exp(g_row[a, b] - g_col[b]),
+                                            T.float32(0))
+                    # ---- softmax over the M slots (the window joins online below); a row's
+                    # 16 threads are 16 lanes of one warp, so its statistics are shuffles ----
+                    for a in T.unroll(rows):
+                        row_max[a] = T.float32(NEG)
+                        for b in T.unroll(cols_m):
+                            acc_m[a, b] = T.if_then_else(tx + TX * b < M, acc_m[a, b] * scale, T.float32(NEG))
+                            row_max[a] = T.max(row_max[a], acc_m[a, b])
+                        for k in T.unroll(LOG2_TX):
+                            row_max[a] = T.max(row_max[a], T.tvm_warp_shuffle(
+                                T.tvm_warp_activemask(), row_max[a], tx ^ (TX >> (k + 1)), TX, 32))
+                        row_sum[a] = T.float32(0)
+                        for b in T.unroll(cols_m):
+                            acc_m[a, b] = T.exp(acc_m[a, b] - row_max[a])
+                            row_sum[a] = row_sum[a] + acc_m[a, b]
+                        for k in T.unroll(LOG2_TX):
+                            row_sum[a] = row_sum[a] + T.tvm_warp_shuffle(
+                                T.tvm_warp_activemask(), row_sum[a], tx ^ (TX >> (k + 1)), TX, 32)
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_m):
                             if tx + TX * b < M:
                                 ps[ty + TY * a, tx + TX * b] = acc_m[a, b]
 
                     # ---- slot read-out: X[t, tau] = sum_m P s'_tau exp(G_t - G_tau) ----
+                    # register-blocked over m like the logits: tau = tx + 16 b <= t = ty + 16 a
+                    # holds for every b < a, for b == a where tx <= ty, never for b > a
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_c):
                             acc_c[a, b] = T.float32(0)
-                            if tx + TX * b <= ty + TY * a:
-                                for m in T.serial(M):
-                                    acc_c[a, b] = acc_c[a, b] + ps[ty + TY * a, m] * ss[(tx + TX * b) * (M + 1) + m] * T.exp(
-                                        gs[(ty + TY * a) * (M + 1) + m] - gs[(tx + TX * b) * (M + 1) + m])
+                    for m in T.serial(M):
+                        for a in T.unroll(rows):
+                            p_row[a] = ps[ty + TY * a, m]
+                            g_row[a, 0] = gs[(ty + TY * a) * (M + 1) + m]
+                        for b in T.unroll(cols_c):
+                            s_col[b] = ss[(tx + TX * b) * (M + 1) + m]
+                            g_col[b] = gs[(tx + TX * b) * (M + 1) + m]
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_c):
+                                if b <= a:
+                                    acc_c[a, b] = acc_c[a, b] + T.if_then_else(
+                                        tx + TX * b <= ty + TY * a,
+                                        p_row[a] * s_col[b] * T.exp(g_row[a, 0] - g_col[b]), T.float32(0))
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_c):
-                            xs[ty + TY * a, tx + TX * b] = acc_c[a, b]
+                            if tensor_cores:
+                                weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, acc_c[a, b])
+                            else:
+                                xs[(ty + TY * a) * x_row + tx + TX * b] = acc_c[a, b]
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_m):
                             if tx + TX * b < M:
@@ -216,7 +323,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for b in T.unroll(cols_v):
                             acc_v[a, b] = T.float32(0)
                     for m0 in T.serial(ceil_div(M, STATE_ROWS)):
-                        for j in T.serial(ceil_div(STATE_ROWS * V, THREADS)):
+                        for j in T.unroll(ceil_div(STATE_ROWS * V, THREADS)):
                             state[T.min(j * THREADS + tid, STATE_ROWS * V - 1)] = chunk_v[
                                 c, h, T.min(m0 * STATE_ROWS + T.min(j * THREADS + tid, STATE_ROWS * V - 1) // V, M - 1),
                                 T.min(j * THREADS + tid, STATE_ROWS * V - 1) % V]
@@ -226,36 +333,48 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                     for b in T.unroll(cols_v):
                                         if tx + TX * b < V:
                                             acc_v[a, b] = acc_v[a, b] + ps[ty + TY * a, m0 * STATE_ROWS + mm] * state[mm * V + tx + TX * b]
-                    for tau in T.serial(C):
+                    if tensor_cores:
+                        warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_v):
-                                if tx + TX * b < V:
-                                    acc_v[a, b] = acc_v[a, b] + xs[ty + TY * a, tau] * T.Cast("float32", vs[tau, tx + TX * b])
+                                acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]
+                    else:
+                        for tau in T.serial(C):
+                            for a in T.unroll(rows):
+                                for b in T.unroll(cols_v):
+                                    if tx + TX * b < V:
+                                        acc_v[a, b] = acc_v[a, b] + xs[(ty + TY * a) * x_row + tau] * T.Cast("float32", vs[tau * v_row + tx + TX * b])
 
                     # ---- window keys j in (p_t - W, p_t], RoPE'd, in tiles of C keys ----
-                    for j in T.serial(ceil_div(C * K, THREADS)):
+                    for j in T.unroll(ceil_div(C * K, THREADS)):
                         r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
                         i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
-                        qs[r, i] = T.if_then_else(r < valid, qr[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
+                        qs[r * q_row + i] = T.if_then_else(r < valid, qr[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
                     lo: T.let[T.int32] = T.max(0, p0 - window + 1)  # first key any row can see
                     for kt in T.serial(T.if_then_else(window > 0 and valid > 0, (p0 + valid - lo + C - 1) // C, 0)):
-                        for j in T.serial(ceil_div(C * K, THREADS)):
+                        for j in T.unroll(ceil_div(C * K, THREADS)):
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
                             i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
-                            ks[r * (K + 1) + i] = T.if_then_else(lo + kt * C + r < p0 + valid,
-                                                      T.Cast("float32", kr[start + lo + kt * C + r, h, i]), T.float32(0))
-                        for j in T.serial(ceil_div(C * V, THREADS)):
+                            ks[r * key_row + i] = T.if_then_else(lo + kt * C + r < p0 + valid,
+                                                                 T.Cast(key_dtype, kr[start + lo + kt * C + r, h, i]), T.Cast(key_dtype, 0))
+                        for j in T.unroll(ceil_div(C * V, THREADS)):
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) // V
                             e: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) % V
-                            vs[r, e] = T.if_then_else(lo + kt * C + r < p0 + valid,
+                            vs[r * v_row + e] = T.if_then_else(lo + kt * C + r < p0 + valid,
                                                       v[start + lo + kt * C + r, h, e], T.Cast(io_dtype, 0))
-                        for a in T.unroll(rows):
-                            for b in T.unroll(cols_c):
-                                acc_c[a, b] = T.float32(0)
-                        for i in T.serial(K):
+                        if tensor_cores:
+                            warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_c):
-                                    acc_c[a, b] = acc_c[a, b] + T.Cast("float32", qs[ty + TY * a, i]) * ks[(tx + TX * b) * (K + 1) + i]
+                                    acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
+                        else:
+                            for a in T.unroll(rows):
+                                for b in T.unroll(cols_c):
+                                    acc_c[a, b] = T.float32(0)
+                            for i in T.serial(K):
+                                for a in T.unroll(rows):
+                                    for b in T.unroll(cols_c):
+                                        acc_c[a, b] = acc_c[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i]) * ks[(tx + TX * b) * key_row + i]
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
                                 # key position lo + kt C + col is in the window of row t iff
@@ -266,36 +385,45 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                     and ty + TY * a < valid,
                                     acc_c[a, b] * scale, T.float32(NEG))
                         for a in T.unroll(rows):
+                            tile_max[0] = row_max[a]
                             for b in T.unroll(cols_c):
-                                xs[ty + TY * a, tx + TX * b] = acc_c[a, b]
-                        if tid < C:
-                            red[0] = row_max[tid]
-                            for col in T.serial(C):
-                                red[0] = T.max(red[0], xs[tid, col])
-                            red[1] = row_sum[tid] * T.exp(row_max[tid] - red[0])
-                            for col in T.serial(C):
-                                red[1] = red[1] + T.exp(xs[tid, col] - red[0])
-                            row_rescale[tid] = T.exp(row_max[tid] - red[0])
-                            row_max[tid] = red[0]
-                            row_sum[tid] = red[1]
-                        for a in T.unroll(rows):
+                                tile_max[0] = T.max(tile_max[0], acc_c[a, b])
+                            for k in T.unroll(LOG2_TX):
+                                tile_max[0] = T.max(tile_max[0], T.tvm_warp_shuffle(
+                                    T.tvm_warp_activemask(), tile_max[0], tx ^ (TX >> (k + 1)), TX, 32))
+                            rescale[0] = T.exp(row_max[a] - tile_max[0])
+                            row_max[a] = tile_max[0]
+                            tile_sum[0] = T.float32(0)
                             for b in T.unroll(cols_c):
-                                acc_c[a, b] = T.exp(acc_c[a, b] - row_max[ty + TY * a])
-                        for a in T.unroll(rows):
-                            for b in T.unroll(cols_c):
-                                xs[ty + TY * a, tx + TX * b] = acc_c[a, b]
-                        for a in T.unroll(rows):
+                                acc_c[a, b] = T.exp(acc_c[a, b] - row_max[a])
+                                tile_sum[0] = tile_sum[0] + acc_c[a, b]
+                            for k in T.unroll(LOG2_TX):
+                                tile_sum[0] = tile_sum[0] + T.tvm_warp_shuffle(
+                                    T.tvm_warp_activemask(), tile_sum[0], tx ^ (TX >> (k + 1)), TX, 32)
+                            row_sum[a] = row_sum[a] * rescale[0] + tile_sum[0]
                             for b in T.unroll(cols_v):
-                                acc_v[a, b] = acc_v[a, b] * row_rescale[ty + TY * a]
-                        for col in T.serial(C):
+                                acc_v[a, b] = acc_v[a, b] * rescale[0]
+                        if tensor_cores:
+                            for a in T.unroll(rows):
+                                for b in T.unroll(cols_c):
+                                    weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, acc_c[a, b])
+                            warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_v):
-                                    if tx + TX * b < V:
-                                        acc_v[a, b] = acc_v[a, b] + xs[ty + TY * a, col] * T.Cast("float32", vs[col, tx + TX * b])
+                                    acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]
+                        else:
+                            for a in T.unroll(rows):
+                                for b in T.unroll(cols_c):
+                                    xs[(ty + TY * a) * x_row + tx + TX * b] = acc_c[a, b]
+                            for col in T.serial(C):
+                                for a in T.unroll(rows):
+                                    for b in T.unroll(cols_v):
+                                        if tx + TX * b < V:
+                                            acc_v[a, b] = acc_v[a, b] + xs[(ty + TY * a) * x_row + col] * T.Cast("float32", vs[col * v_row + tx + TX * b])
 
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_v):
                             if ty + TY * a < valid and tx + TX * b < V:
-                                o[start + p0 + ty + TY * a, hq, tx + TX * b] = T.Cast(io_dtype, acc_v[a, b] / row_sum[ty + TY * a])
+                                o[start + p0 + ty + TY * a, hq, tx + TX * b] = T.Cast(io_dtype, acc_v[a, b] / row_sum[a])
 
     return func

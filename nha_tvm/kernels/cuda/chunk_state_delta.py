@@ -67,21 +67,21 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     valid: T.let[T.int32] = T.if_then_else(chseq[c] < bounds - 1, T.min(C, cu[n + 1] - start - p0), 0)
                     last: T.let[T.int32] = start + p0 + T.max(valid, 1) - 1
                     # stage the shifted tokens k'_tau = k_{tau - W} (zero before W / past the end)
-                    for j in T.serial(ceil_div(C * K, THREADS)):
+                    for j in T.unroll(ceil_div(C * K, THREADS)):
                         if j * THREADS + tid < C * K:
                             r: T.let[T.int32] = (j * THREADS + tid) // K
                             if r < valid and p0 + r >= window:
                                 ks[r, (j * THREADS + tid) % K] = k[start + p0 + r - window, h, (j * THREADS + tid) % K]
                             else:
                                 ks[r, (j * THREADS + tid) % K] = T.Cast(kv_dtype, 0)
-                    for j in T.serial(ceil_div(C * V, THREADS)):
+                    for j in T.unroll(ceil_div(C * V, THREADS)):
                         if j * THREADS + tid < C * V:
                             r: T.let[T.int32] = (j * THREADS + tid) // V
                             if r < valid and p0 + r >= window:
                                 vs[r, (j * THREADS + tid) % V] = v[start + p0 + r - window, h, (j * THREADS + tid) % V]
                             else:
                                 vs[r, (j * THREADS + tid) % V] = T.Cast(kv_dtype, 0)
-                    for j in T.serial(ceil_div(C * M, THREADS)):
+                    for j in T.unroll(ceil_div(C * M, THREADS)):
                         if j * THREADS + tid < C * M:
                             r: T.let[T.int32] = (j * THREADS + tid) // M
                             m: T.let[T.int32] = (j * THREADS + tid) % M

@@ -1,0 +1,40 @@
+"""benchmarks/bench_peers.py end to end on the CPU: the --smoke run measures NHA, and --from-json
+regenerates its markdown section without touching the rest of the file."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_peers.py"
+MARK_BEGIN, MARK_END = "<!-- bench_peers:begin -->", "<!-- bench_peers:end -->"
+
+
+def bench_peers(*args, cache_dir: Path) -> subprocess.CompletedProcess:
+    # a fresh kernel cache: the test must not depend on, or fill, the user's
+    env = dict(os.environ, NHA_TVM_CACHE_DIR=str(cache_dir))
+    done = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_smoke_run_measures_nha_and_regenerates_the_markdown(tmp_path):
+    bench_peers("--device", "cpu", "--smoke", "--out", tmp_path, cache_dir=tmp_path / "kernels")
+    results = json.loads((tmp_path / "results.json").read_text())
+    nha = [case["results"]["nha"] for case in results["cases"]]
+    assert {case["section"] for case in results["cases"]} == {"prefill", "decode"}
+    assert nha and all(result["ms"] > 0 for result in nha)
+    assert results["meta"]["copy_bandwidth"]["GB_per_s"] > 0
+
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text(f"# Benchmarks\n\nkept before\n\n{MARK_BEGIN}\nstale\n{MARK_END}\n\nkept after\n")
+    done = bench_peers("--from-json", tmp_path / "results.json", "--out", tmp_path, "--md-path", md,
+                       cache_dir=tmp_path / "kernels")
+    text = md.read_text()
+    assert "kept before" in text and "kept after" in text and "stale" not in text
+    assert text.count(MARK_BEGIN) == text.count(MARK_END) == 1
+    assert "### Prefill" in text and "### Decode" in text
+    assert "NHA ms" in done.stdout
