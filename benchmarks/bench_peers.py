@@ -52,6 +52,8 @@ def run_benchmark(args) -> dict:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             sys.exit("bench_peers: no CUDA GPU here; use --device cpu --smoke, or --from-json")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)  # graphs, synchronize and the events follow the current device
     plan = make_plan("smoke" if args.smoke else "quick" if args.quick else "full")
     return run(plan, device, on_progress=lambda results: save_json(results, args.out / "results.json"))
