@@ -38,3 +38,47 @@ def test_state_scan_writes_every_chunk_start():
                 hk = hk * g[j].double().exp()[:, None, :] + k[j].double()[:, :, None] * s[j].double()[:, None, :]
                 hv = hv * g[j].double().exp()[:, :, None] + s[j].double()[:, :, None] * v[j].double()[:, None, :]
         assert rel_err(out[2][n], hk) <= 1e-5 and rel_err(out[3][n], hv) <= 1e-5
+
+
+def _chunk_prefix_sums(g, cu, C, W):
+    """G of the spec's chunked form: the shifted gates g'_t = g_{t-W} summed from each chunk start."""
+    out = torch.zeros_like(g)
+    for lo, hi in zip(cu[:-1].tolist(), cu[1:].tolist()):
+        shifted = torch.cat([torch.zeros_like(g[lo:lo + min(W, hi - lo)]), g[lo:max(hi - W, lo)]])
+        for c0 in range(0, hi - lo, C):
+            out[lo + c0:lo + min(c0 + C, hi - lo)] = torch.cumsum(shifted[c0:c0 + C], 0)
+    return out
+
+
+def test_chunk_gate_prefix_sums():
+    H, M, C, W = 2, 5, 64, 3
+    cu = torch.tensor([0, 70, 200, 200], dtype=torch.int32)  # the last sequence is empty
+    chunk_offsets = torch.tensor([0, 2, 5, 5], dtype=torch.int32)
+    chunk_seq = torch.tensor([0, 0, 1, 1, 1, 3, 3], dtype=torch.int32)  # two padding chunks
+    g = -torch.rand(200, H, M)
+    out = torch.full_like(g, float("nan"))
+    get_kernel("chunk_gate_cumsum", "cpu", H=H, M=M, C=C, gate_dtype="float32")(g, cu, chunk_offsets, chunk_seq, out, W)
+    assert torch.allclose(out, _chunk_prefix_sums(g, cu, C, W), atol=1e-5)
+
+
+def test_chunk_state_scan_carries_states_across_chunks():
+    H, K, V, M, C = 2, 4, 3, 5, 64
+    cu = torch.tensor([0, 70, 200], dtype=torch.int32)
+    chunk_offsets = torch.tensor([0, 2, 5], dtype=torch.int32)
+    gcum = _chunk_prefix_sums(-torch.rand(200, H, M) / 4, cu, C, 0)
+    add_k, add_v = torch.randn(5, H, K, M), torch.randn(5, H, M, V)
+    h0k, h0v = torch.randn(2, H, K, M), torch.randn(2, H, M, V)
+    chunk_k, chunk_v = add_k.clone(), add_v.clone()
+    hk, hv = torch.full((2, H, K, M), float("nan")), torch.full((2, H, M, V), float("nan"))
+    scan = get_kernel("chunk_state_scan", "cpu", H=H, K=K, V=V, M=M, C=C)
+    scan(gcum, cu, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv)
+    for n, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        state_k, state_v = h0k[n].clone(), h0v[n].clone()
+        for c in range(-(-(hi - lo) // C)):
+            index = chunk_offsets[n] + c
+            assert torch.allclose(chunk_k[index], state_k, atol=1e-5)  # the state at the chunk start
+            assert torch.allclose(chunk_v[index], state_v, atol=1e-5)
+            decay = torch.exp(gcum[lo + min(c * C + C, hi - lo) - 1])  # to the chunk's last token
+            state_k = state_k * decay[:, None, :] + add_k[index]
+            state_v = state_v * decay[:, :, None] + add_v[index]
+        assert torch.allclose(hk[n], state_k, atol=1e-5) and torch.allclose(hv[n], state_v, atol=1e-5)

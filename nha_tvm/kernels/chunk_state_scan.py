@@ -21,6 +21,26 @@ def chunk_state_scan(*, H: int, K: int, V: int, M: int, C: int):
     [NC, H, K, M] and chunk_v [NC, H, M, V] (per-chunk additions in, chunk-start states out),
     then the outputs hk [N, H, K, M], hv [N, H, M, V] (float32)."""
 
+    @T.macro
+    def carry(chunk, h0, out, gcum, cu, choff, vn, vh, row, col, vm):
+        """One state element [row, col] of sequence vn, head vh (slot vm) across its chunks."""
+        acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
+        add = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
+        decay = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
+        start: T.let[T.int32] = cu[vn]
+        length: T.let[T.int32] = cu[vn + 1] - start
+        chunks: T.let[T.int32] = (length + C - 1) // C
+        acc[0] = h0[vn, vh, row, col]
+        for group in T.serial((chunks + UNROLL - 1) // UNROLL):
+            for u in T.unroll(UNROLL):
+                add[u] = chunk[choff[vn] + T.min(group * UNROLL + u, chunks - 1), vh, row, col]
+                decay[u] = gcum[start + T.min((T.min(group * UNROLL + u, chunks - 1) + 1) * C, length) - 1, vh, vm]
+            for u in T.unroll(UNROLL):
+                if group * UNROLL + u < chunks:
+                    chunk[choff[vn] + group * UNROLL + u, vh, row, col] = acc[0]
+                    acc[0] = acc[0] * T.exp(decay[u]) + add[u]
+        out[vn, vh, row, col] = acc[0]
+
     @T.prim_func(s_tir=True)
     def func(gcum_h: T.handle, cu_h: T.handle, choff_h: T.handle, h0k_h: T.handle,
              h0v_h: T.handle, chunk_k_h: T.handle, chunk_v_h: T.handle, hk_h: T.handle,
@@ -46,43 +66,13 @@ def chunk_state_scan(*, H: int, K: int, V: int, M: int, C: int):
                 # chunk_k is read and rewritten element by element by one thread
                 T.reads(gcum[0:total, vh, vm], cu[0:N + 1], choff[0:N + 1], h0k[vn, vh, vi, vm])
                 T.writes(chunk_k[0:NC, vh, vi, vm], hk[vn, vh, vi, vm])
-                acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                add = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
-                decay = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
-                start: T.let[T.int32] = cu[vn]
-                length: T.let[T.int32] = cu[vn + 1] - start
-                chunks: T.let[T.int32] = (length + C - 1) // C
-                acc[0] = h0k[vn, vh, vi, vm]
-                for group in T.serial((chunks + UNROLL - 1) // UNROLL):
-                    for u in T.unroll(UNROLL):
-                        add[u] = chunk_k[choff[vn] + T.min(group * UNROLL + u, chunks - 1), vh, vi, vm]
-                        decay[u] = gcum[start + T.min((T.min(group * UNROLL + u, chunks - 1) + 1) * C, length) - 1, vh, vm]
-                    for u in T.unroll(UNROLL):
-                        if group * UNROLL + u < chunks:
-                            chunk_k[choff[vn] + group * UNROLL + u, vh, vi, vm] = acc[0]
-                            acc[0] = acc[0] * T.exp(decay[u]) + add[u]
-                hk[vn, vh, vi, vm] = acc[0]
+                carry(chunk_k, h0k, hk, gcum, cu, choff, vn, vh, vi, vm, vm)
 
         for n, h, m, e in T.grid(N, H, M, V):
             with T.sblock("value_chunks"):
                 vn, vh, vm, ve = T.axis.remap("SSSS", [n, h, m, e])
                 T.reads(gcum[0:total, vh, vm], cu[0:N + 1], choff[0:N + 1], h0v[vn, vh, vm, ve])
                 T.writes(chunk_v[0:NC, vh, vm, ve], hv[vn, vh, vm, ve])
-                acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                add = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
-                decay = T.sblock_alloc_buffer((UNROLL,), "float32", scope="local")
-                start: T.let[T.int32] = cu[vn]
-                length: T.let[T.int32] = cu[vn + 1] - start
-                chunks: T.let[T.int32] = (length + C - 1) // C
-                acc[0] = h0v[vn, vh, vm, ve]
-                for group in T.serial((chunks + UNROLL - 1) // UNROLL):
-                    for u in T.unroll(UNROLL):
-                        add[u] = chunk_v[choff[vn] + T.min(group * UNROLL + u, chunks - 1), vh, vm, ve]
-                        decay[u] = gcum[start + T.min((T.min(group * UNROLL + u, chunks - 1) + 1) * C, length) - 1, vh, vm]
-                    for u in T.unroll(UNROLL):
-                        if group * UNROLL + u < chunks:
-                            chunk_v[choff[vn] + group * UNROLL + u, vh, vm, ve] = acc[0]
-                            acc[0] = acc[0] * T.exp(decay[u]) + add[u]
-                hv[vn, vh, vm, ve] = acc[0]
+                carry(chunk_v, h0v, hv, gcum, cu, choff, vn, vh, vm, ve, vm)
 
     return func

@@ -18,16 +18,16 @@ def rope(*, heads: int, K: int, io_dtype: str):
         x = T.match_buffer(x_h, (total, heads, K), io_dtype)
         pos = T.match_buffer(pos_h, (total,), "int32")
         out = T.match_buffer(out_h, (total, heads, K), io_dtype)
-        for t, h, d in T.grid(total, heads, K):
+        # a thread per rotation pair: both halves share one angle, so each pair costs one
+        # exp2 (theta^(-2i/K) = 2^(-2i/K log2 theta)) and one sin/cos, not two pow/sin/cos
+        for t, h, i in T.grid(total, heads, half):
             with T.sblock("rope"):
-                vt, vh, vd = T.axis.remap("SSS", [t, h, d])
-                pair: T.let[T.int32] = vd % half
-                angle: T.let[T.float32] = T.Cast("float32", pos[vt]) * T.pow(
-                    theta, T.Cast("float32", -2 * pair) / T.float32(K))
-                # rotate_half(x)[d] = -x[d + K/2] for d < K/2, else x[d - K/2]
-                partner: T.let[T.float32] = T.Cast("float32", x[vt, vh, (vd + half) % K]) * T.if_then_else(
-                    vd < half, T.float32(-1), T.float32(1))
-                out[vt, vh, vd] = T.Cast(
-                    io_dtype, T.Cast("float32", x[vt, vh, vd]) * T.cos(angle) + partner * T.sin(angle))
+                vt, vh, vi = T.axis.remap("SSS", [t, h, i])
+                angle: T.let[T.float32] = T.Cast("float32", pos[vt]) * T.exp2(
+                    T.Cast("float32", -2 * vi) / T.float32(K) * T.log2(theta))
+                first: T.let[T.float32] = T.Cast("float32", x[vt, vh, vi])
+                second: T.let[T.float32] = T.Cast("float32", x[vt, vh, vi + half])
+                out[vt, vh, vi] = T.Cast(io_dtype, first * T.cos(angle) - second * T.sin(angle))
+                out[vt, vh, vi + half] = T.Cast(io_dtype, second * T.cos(angle) + first * T.sin(angle))
 
     return func

@@ -26,11 +26,11 @@ warp taking whole 16 x 16 output tiles.
 
 from tvm.script import tirx as T
 
-from .layout import LOG2_TX, THREADS, TX, TY, ceil_div
+from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
+from .wmma import warp_matmul
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
-WARPS = THREADS // 32
 
 
 def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
@@ -38,40 +38,6 @@ def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
     16-bit inputs whose tiles divide evenly among the warps; fp32 inputs stay on CUDA cores."""
     return io_dtype in ("bfloat16", "float16") and K % 16 == 0 and (C // 16) * (V // 16) % WARPS == 0 \
         and V % 16 == 0 and (C // 16) ** 2 % WARPS == 0
-
-
-@T.macro
-def warp_matmul(warp, fa, fb, fc, out, out_ld, a, a_ld, b, b_ld, b_layout, m_tiles, n_tiles,
-                k_tiles):
-    """out[m, n] = a[m, k] @ b[k, n] (b given as b^T when ``b_layout`` is col_major) on tensor
-    cores: the m_tiles x n_tiles output tiles of 16 x 16 are dealt out evenly to the warps."""
-    for f in T.serial(m_tiles * n_tiles // WARPS):
-        T.tvm_fill_fragment(fc.data, 16, 16, 16, 0, T.float32(0))
-        for kk in T.serial(k_tiles):
-            T.tvm_load_matrix_sync(
-                fa.data, 16, 16, 16, 0,
-                T.tvm_access_ptr(T.type_annotation(a.dtype), a.data,
-                                 ((warp * (m_tiles * n_tiles // WARPS) + f) // n_tiles) * 16 * a_ld + kk * 16, 16 * a_ld, 1),
-                a_ld, "row_major")
-            if b_layout == "col_major":
-                T.tvm_load_matrix_sync(
-                    fb.data, 16, 16, 16, 0,
-                    T.tvm_access_ptr(T.type_annotation(b.dtype), b.data,
-                                     ((warp * (m_tiles * n_tiles // WARPS) + f) % n_tiles) * 16 * b_ld + kk * 16, 16 * b_ld, 1),
-                    b_ld, "col_major")
-            else:
-                T.tvm_load_matrix_sync(
-                    fb.data, 16, 16, 16, 0,
-                    T.tvm_access_ptr(T.type_annotation(b.dtype), b.data,
-                                     kk * 16 * b_ld + ((warp * (m_tiles * n_tiles // WARPS) + f) % n_tiles) * 16, 16 * b_ld, 1),
-                    b_ld, "row_major")
-            T.tvm_mma_sync(fc.data, 0, fa.data, 0, fb.data, 0, fc.data, 0)
-        T.tvm_store_matrix_sync(
-            fc.data, 16, 16, 16, 0,
-            T.tvm_access_ptr(T.type_annotation("float32"), out.data,
-                             ((warp * (m_tiles * n_tiles // WARPS) + f) // n_tiles) * 16 * out_ld
-                             + ((warp * (m_tiles * n_tiles // WARPS) + f) % n_tiles) * 16, 16 * out_ld, 2),
-            out_ld, "row_major")
 
 
 def tile_layout(*, K: int, V: int, C: int, io_dtype: str) -> dict:
@@ -231,7 +197,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     # ---- intra-chunk part: X = Q k'^T (read only where tau <= t), then the
                     # pairwise decays ----
                     if tensor_cores:
-                        warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
+                        warp_matmul(warp, fa, fb_t, fc, xs, 0, x_row, qs, q_row, "row_major", ks, key_row, "col_major", C // 16, C // 16, K // 16)
                     else:
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
@@ -334,7 +300,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                         if tx + TX * b < V:
                                             acc_v[a, b] = acc_v[a, b] + ps[ty + TY * a, m0 * STATE_ROWS + mm] * state[mm * V + tx + TX * b]
                     if tensor_cores:
-                        warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
+                        warp_matmul(warp, fa, fb, fc, product, 0, prod_row, weights, w_row, "row_major", vs, v_row, "row_major", C // 16, V // 16, C // 16)
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_v):
                                 acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]
@@ -363,7 +329,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             vs[r * v_row + e] = T.if_then_else(lo + kt * C + r < p0 + valid,
                                                       v[start + lo + kt * C + r, h, e], T.Cast(io_dtype, 0))
                         if tensor_cores:
-                            warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
+                            warp_matmul(warp, fa, fb_t, fc, xs, 0, x_row, qs, q_row, "row_major", ks, key_row, "col_major", C // 16, C // 16, K // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_c):
                                     acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
@@ -407,7 +373,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_c):
                                     weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, acc_c[a, b])
-                            warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
+                            warp_matmul(warp, fa, fb, fc, product, 0, prod_row, weights, w_row, "row_major", vs, v_row, "row_major", C // 16, V // 16, C // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_v):
                                     acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]

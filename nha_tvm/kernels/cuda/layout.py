@@ -6,6 +6,7 @@ THREADS = 256
 TX = 16
 LOG2_TX = 4  # shuffle steps that reduce over the TX lanes of a row
 TY = THREADS // TX
+WARPS = THREADS // 32
 
 
 def ceil_div(a: int, b: int) -> int:
