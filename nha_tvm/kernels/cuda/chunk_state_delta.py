@@ -9,26 +9,14 @@ Both are small matmuls over the C tokens of the chunk, and every chunk is indepe
 half runs one thread block per (chunk, kv head) with the chunk's k', v' and w staged in shared
 memory. ``chunk_state_scan`` then carries the states from chunk to chunk.
 
-Written with its thread mapping, like TVM's own LLM kernels. With 16-bit k and v both matmuls
-run on tensor cores (``uses_tensor_cores``), each warp storing whole 16 x 16 output tiles
-straight to global memory; otherwise 256 threads as a 16 x 16 grid each own a few rows
-(ty + 16 a) and columns (tx + 16 b) of the output, so that the column reads of a warp hit
-consecutive shared-memory words and the row reads are broadcasts.
+Written with its thread mapping, like TVM's own LLM kernels: 256 threads as a 16 x 16 grid,
+each owning a few rows (ty + 16 a) and columns (tx + 16 b) of the output, so that the
+column reads of a warp hit consecutive shared-memory words and the row reads are broadcasts.
 """
 
 from tvm.script import tirx as T
 
-from .layout import THREADS, TX, TY, WARPS, ceil_div
-from .wmma import warp_matmul
-
-
-def uses_tensor_cores(*, K: int, V: int, M: int, kv_dtype: str) -> bool:
-    """16-bit keys and values whose 16 x 16 output tiles divide evenly among the warps take the
-    tensor-core path. The fp32 weights w enter it as two 16-bit parts, w = hi + lo (lo = the
-    rounding error of hi), stacked along the token axis against two copies of k' and v', so
-    the sums keep close to fp32 precision."""
-    return (kv_dtype in ("bfloat16", "float16") and K % 16 == 0 and V % 16 == 0 and M % 16 == 0
-            and (K // 16) * (M // 16) % WARPS == 0 and (M // 16) * (V // 16) % WARPS == 0)
+from .layout import THREADS, TX, TY, ceil_div
 
 
 def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str):
@@ -36,12 +24,6 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     (float32 gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], chunk_seq
     [NC], the outputs chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (float32), the window."""
     rows_k, rows_m, cols_m, cols_v = ceil_div(K, TY), ceil_div(M, TY), ceil_div(M, TX), ceil_div(V, TX)
-    tensor_cores = uses_tensor_cores(K=K, V=V, M=M, kv_dtype=kv_dtype)
-    # tensor cores: [k'; k'], [v'; v'] and [w_hi; w_lo] (2C rows), rows padded by 16 bytes so a
-    # 16 x 16 tile load spreads over all banks
-    k_row, v_row, w_row = (K + 8, V + 8, M + 8) if tensor_cores else (K, V, M)
-    copies = 2 if tensor_cores else 1
-    w_dtype = kv_dtype if tensor_cores else "float32"
 
     @T.prim_func(s_tir=True)
     def func(k_h: T.handle, v_h: T.handle, s_h: T.handle, gcum_h: T.handle, cu_h: T.handle,
@@ -68,20 +50,15 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     T.reads(k[0:total, 0:H, 0:K], v[0:total, 0:H, 0:V], s[0:total, 0:H, 0:M],
                             gcum[0:total, 0:H, 0:M], cu[0:bounds], choff[0:bounds], chseq[0:NC])
                     T.writes(chunk_k[0:NC, 0:H, 0:K, 0:M], chunk_v[0:NC, 0:H, 0:M, 0:V])
-                    ks = T.sblock_alloc_buffer((copies * C * k_row,), kv_dtype, scope="shared.dyn")
-                    vs = T.sblock_alloc_buffer((copies * C * v_row,), kv_dtype, scope="shared.dyn")
-                    w = T.sblock_alloc_buffer((copies * C * w_row,), w_dtype, scope="shared.dyn")
-                    fa_t = T.sblock_alloc_buffer((16, 16), kv_dtype, scope="wmma.matrix_a")
-                    fb = T.sblock_alloc_buffer((16, 16), kv_dtype, scope="wmma.matrix_b")
-                    fc = T.sblock_alloc_buffer((16, 16), "float32", scope="wmma.accumulator")
-                    weight = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    ks = T.sblock_alloc_buffer((C, K), kv_dtype, scope="shared.dyn")
+                    vs = T.sblock_alloc_buffer((C, V), kv_dtype, scope="shared.dyn")
+                    w = T.sblock_alloc_buffer((C, M), "float32", scope="shared.dyn")
                     dk = T.sblock_alloc_buffer((rows_k, cols_m), "float32", scope="local")
                     dv = T.sblock_alloc_buffer((rows_m, cols_v), "float32", scope="local")
                     c: T.let[T.int32] = bx // H
                     h: T.let[T.int32] = bx % H
                     ty: T.let[T.int32] = tid // TX
                     tx: T.let[T.int32] = tid % TX
-                    warp: T.let[T.int32] = tid // 32
                     # a padding chunk (sequence N) stages zeros and stores nothing: barriers
                     # cannot sit under a branch, so every block runs the same code
                     n: T.let[T.int32] = T.min(chseq[c], bounds - 2)
@@ -89,71 +66,58 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     p0: T.let[T.int32] = (c - choff[n]) * C
                     valid: T.let[T.int32] = T.if_then_else(chseq[c] < bounds - 1, T.min(C, cu[n + 1] - start - p0), 0)
                     last: T.let[T.int32] = start + p0 + T.max(valid, 1) - 1
-                    # stage the shifted tokens k'_tau = k_{tau - W} (zero before W / past the
-                    # end), and the weights w (exponent <= 0: G decreases along the chunk);
-                    # the tensor-core path stores k', v' twice and w as hi and lo parts
+                    # stage the shifted tokens k'_tau = k_{tau - W} (zero before W / past the end)
                     for j in T.unroll(ceil_div(C * K, THREADS)):
                         if j * THREADS + tid < C * K:
                             r: T.let[T.int32] = (j * THREADS + tid) // K
-                            i: T.let[T.int32] = (j * THREADS + tid) % K
-                            for copy in T.unroll(copies):
-                                ks[(copy * C + r) * k_row + i] = T.if_then_else(
-                                    r < valid and p0 + r >= window, k[start + p0 + r - window, h, i], T.Cast(kv_dtype, 0))
+                            if r < valid and p0 + r >= window:
+                                ks[r, (j * THREADS + tid) % K] = k[start + p0 + r - window, h, (j * THREADS + tid) % K]
+                            else:
+                                ks[r, (j * THREADS + tid) % K] = T.Cast(kv_dtype, 0)
                     for j in T.unroll(ceil_div(C * V, THREADS)):
                         if j * THREADS + tid < C * V:
                             r: T.let[T.int32] = (j * THREADS + tid) // V
-                            e: T.let[T.int32] = (j * THREADS + tid) % V
-                            for copy in T.unroll(copies):
-                                vs[(copy * C + r) * v_row + e] = T.if_then_else(
-                                    r < valid and p0 + r >= window, v[start + p0 + r - window, h, e], T.Cast(kv_dtype, 0))
+                            if r < valid and p0 + r >= window:
+                                vs[r, (j * THREADS + tid) % V] = v[start + p0 + r - window, h, (j * THREADS + tid) % V]
+                            else:
+                                vs[r, (j * THREADS + tid) % V] = T.Cast(kv_dtype, 0)
                     for j in T.unroll(ceil_div(C * M, THREADS)):
                         if j * THREADS + tid < C * M:
                             r: T.let[T.int32] = (j * THREADS + tid) // M
                             m: T.let[T.int32] = (j * THREADS + tid) % M
-                            weight[0] = T.if_then_else(
-                                r < valid and p0 + r >= window,
-                                T.Cast("float32", s[start + p0 + r - window, h, m]) * T.exp(gcum[last, h, m] - gcum[start + p0 + r, h, m]),
-                                T.float32(0))
-                            if tensor_cores:
-                                w[r * w_row + m] = T.Cast(w_dtype, weight[0])
-                                w[(C + r) * w_row + m] = T.Cast(w_dtype, weight[0] - T.Cast("float32", T.Cast(w_dtype, weight[0])))
+                            if r < valid and p0 + r >= window:
+                                # exponent <= 0: G decreases along the chunk
+                                w[r, m] = T.Cast("float32", s[start + p0 + r - window, h, m]) * T.exp(
+                                    gcum[last, h, m] - gcum[start + p0 + r, h, m])
                             else:
-                                w[r * w_row + m] = weight[0]
-                    if tensor_cores:
-                        # dS = [k'; k']^T [w_hi; w_lo], dR = [w_hi; w_lo]^T [v'; v'], stored straight
-                        # from the fragments (a padding chunk stores zeros, never read)
-                        warp_matmul(warp, fa_t, fb, fc, chunk_k, (c * H + h) * K * M, M, ks, k_row, "col_major",
-                                    w, w_row, "row_major", K // 16, M // 16, 2 * C // 16)
-                        warp_matmul(warp, fa_t, fb, fc, chunk_v, (c * H + h) * M * V, V, w, w_row, "col_major",
-                                    vs, v_row, "row_major", M // 16, V // 16, 2 * C // 16)
-                    else:
-                        # dS = k'^T w: rows i = ty + 16 a, columns m = tx + 16 b
-                        for a in T.unroll(rows_k):
-                            for b in T.unroll(cols_m):
-                                dk[a, b] = T.float32(0)
-                        for tau in T.serial(C):
-                            for a in T.unroll(rows_k):
-                                for b in T.unroll(cols_m):
-                                    if ty + TY * a < K and tx + TX * b < M:
-                                        dk[a, b] = dk[a, b] + T.Cast("float32", ks[tau * k_row + ty + TY * a]) * w[tau * w_row + tx + TX * b]
+                                w[r, m] = T.float32(0)
+                    # dS = k'^T w: rows i = ty + 16 a, columns m = tx + 16 b
+                    for a in T.unroll(rows_k):
+                        for b in T.unroll(cols_m):
+                            dk[a, b] = T.float32(0)
+                    for tau in T.serial(C):
                         for a in T.unroll(rows_k):
                             for b in T.unroll(cols_m):
                                 if ty + TY * a < K and tx + TX * b < M:
-                                    if valid > 0:
-                                        chunk_k[c, h, ty + TY * a, tx + TX * b] = dk[a, b]
-                        # dR = w^T v': rows m = ty + 16 a, columns e = tx + 16 b
-                        for a in T.unroll(rows_m):
-                            for b in T.unroll(cols_v):
-                                dv[a, b] = T.float32(0)
-                        for tau in T.serial(C):
-                            for a in T.unroll(rows_m):
-                                for b in T.unroll(cols_v):
-                                    if ty + TY * a < M and tx + TX * b < V:
-                                        dv[a, b] = dv[a, b] + w[tau * w_row + ty + TY * a] * T.Cast("float32", vs[tau * v_row + tx + TX * b])
+                                    dk[a, b] = dk[a, b] + T.Cast("float32", ks[tau, ty + TY * a]) * w[tau, tx + TX * b]
+                    for a in T.unroll(rows_k):
+                        for b in T.unroll(cols_m):
+                            if ty + TY * a < K and tx + TX * b < M:
+                                if valid > 0:
+                                    chunk_k[c, h, ty + TY * a, tx + TX * b] = dk[a, b]
+                    # dR = w^T v': rows m = ty + 16 a, columns e = tx + 16 b
+                    for a in T.unroll(rows_m):
+                        for b in T.unroll(cols_v):
+                            dv[a, b] = T.float32(0)
+                    for tau in T.serial(C):
                         for a in T.unroll(rows_m):
                             for b in T.unroll(cols_v):
                                 if ty + TY * a < M and tx + TX * b < V:
-                                    if valid > 0:
-                                        chunk_v[c, h, ty + TY * a, tx + TX * b] = dv[a, b]
+                                    dv[a, b] = dv[a, b] + w[tau, ty + TY * a] * T.Cast("float32", vs[tau, tx + TX * b])
+                    for a in T.unroll(rows_m):
+                        for b in T.unroll(cols_v):
+                            if ty + TY * a < M and tx + TX * b < V:
+                                if valid > 0:
+                                    chunk_v[c, h, ty + TY * a, tx + TX * b] = dv[a, b]
 
     return func
