@@ -56,14 +56,17 @@ def decode_min_bytes(*, batch: int, q_heads: int, kv_heads: int, key_dim: int, v
                      slots: int, window: int, io_bytes: int, gate_bytes: int) -> int:
     """Bytes an ideal NHA decode step must move, with the cache laid out as nha_tvm.NHACache.
 
-    The float32 slot states hk [B, H, K, M] and hv [B, H, M, V], read and written once; the
-    window ring (W entries of k and v in the io dtype, g and s in float32) read once; the new
+    The float32 slot states hk [B, H, K, M] and hv [B, H, M, V], read and written once; from the
+    window ring: k and v of the W window entries and of the entry leaving the window read once,
+    g and s (float32) of the leaving entry only, and the new entry's k, v, g, s written; the new
     token's q [B, HQ, K], k [B, H, K], v [B, H, V] and g [B, H, M] read and o [B, HQ, V] written
     once.
     """
     fp32 = 4
     states = 2 * batch * kv_heads * (key_dim * slots + slots * value_dim) * fp32
-    ring = batch * window * kv_heads * ((key_dim + value_dim) * io_bytes + 2 * slots * fp32)
+    entry_kv = (key_dim + value_dim) * io_bytes
+    entry_gates = 2 * slots * fp32
+    ring = batch * kv_heads * ((window + 1) * entry_kv + entry_gates + entry_kv + entry_gates)
     step_io = batch * ((q_heads * key_dim + kv_heads * (key_dim + value_dim)) * io_bytes
                        + kv_heads * slots * gate_bytes + q_heads * value_dim * io_bytes)
     return states + ring + step_io

@@ -1,8 +1,8 @@
 """``nha-build``: compile every NHA kernel a model config needs into an op package.
 
-The kernel list mirrors the requests of ``nha_tvm.torch_ops``: the prefill op asks for
-slot_state_scan, rope for the query heads and for the kv heads, and chunk_attend; the decode op
-for decode_step. A module per (io dtype, gate dtype) pair the config names.
+The kernel list is ``nha_tvm.kernel_plan``'s for the target arch, the same the torch ops request
+(on CUDA the chunked prefill and the fused decode step, on CPU the portable kernels). A module
+per (io dtype, gate dtype) pair the config names.
 """
 
 import argparse

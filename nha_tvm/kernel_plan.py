@@ -5,8 +5,8 @@ so all three agree by construction. A prefill plan is one of two algorithms, tol
 its roles:
 
 - ``chunked`` (CUDA): gate prefix sums per chunk, the per-chunk state additions (a block per
-  chunk), a scan of the states over chunks, and the output pass with a thread block per
-  chunk and query head (kernels/cuda);
+  chunk and kv head), a scan of the states over chunks, and the output pass with a thread
+  block per chunk and query head (kernels/cuda);
 - ``portable`` (CPU, and GPUs whose shared memory cannot hold the output pass's tiles): the
   state pass as a serial recurrence per state element, and an output pass with a thread per
   token.
@@ -15,6 +15,10 @@ A decode step is likewise the fused CUDA kernel or the portable one.
 """
 
 import functools
+import logging
+import math
+
+from tvm.s_tir import Schedule
 
 from nha_tvm.schedules import CHUNK_SIZE
 
@@ -22,15 +26,23 @@ from .kernels.cuda.chunk_attend import shared_bytes
 from .kernels.cuda.decode_step import decode_step_cuda
 from .targets import max_shared_bytes
 
+log = logging.getLogger(__name__)
+
 PORTABLE_ROLES = ("state", "rope_q", "rope_k", "attend")
 CHUNKED_ROLES = ("gates", "state_delta", "state_scan", "rope_q", "rope_k", "attend")
 
 
+@functools.lru_cache(maxsize=None)
 def prefill_algorithm(*, arch: str, K: int, V: int, M: int, io_dtype: str) -> str:
     if arch == "cpu":
         return "portable"
-    fits = shared_bytes(K=K, V=V, M=M, C=CHUNK_SIZE, io_dtype=io_dtype) <= max_shared_bytes(arch)
-    return "chunked" if fits else "portable"
+    needed = shared_bytes(K=K, V=V, M=M, C=CHUNK_SIZE, io_dtype=io_dtype)
+    if needed > max_shared_bytes(arch):
+        log.info("nha_tvm: the chunked prefill needs %d bytes of shared memory per block at K=%d, "
+                 "V=%d, M=%d, %s; %s offers %d: portable kernels", needed, K, V, M, io_dtype, arch,
+                 max_shared_bytes(arch))
+        return "portable"
+    return "chunked"
 
 
 def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
@@ -71,10 +83,26 @@ def decode_kernel(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
 
 @functools.lru_cache(maxsize=None)
 def _fused_decode_fits(arch: str, **params) -> bool:
-    if 4 * params["M"] * (params["K"] + params["V"]) > max_shared_bytes(arch):  # the slot states
-        return False
-    try:  # the definition refuses shapes whose static shared buffers pass 48 KB
-        decode_step_cuda(**params)
+    """Whether the fused step's shared buffers fit a block of ``arch``: the static ones in the
+    48 KB every GPU has, and all of them in the arch's dynamic limit."""
+    try:  # the definition refuses shapes it cannot lay out
+        func = decode_step_cuda(**params)
     except ValueError:
         return False
-    return True
+    static, dynamic = shared_allocations(func, "shared"), shared_allocations(func, "shared.dyn")
+    return static <= 48 << 10 and static + dynamic <= max_shared_bytes(arch)
+
+
+def shared_allocations(func, scope: str) -> int:
+    """Bytes of the buffers ``func``'s blocks allocate in ``scope``, each rounded up to the
+    64-byte alignment the CUDA code generator gives it."""
+    sch = Schedule(func)
+    total, blocks = 0, [sch.get_sblock("root")]
+    while blocks:
+        block = blocks.pop()
+        for buf in sch.get(block).alloc_buffers:
+            if buf.scope() == scope:
+                size = math.prod(int(d) for d in buf.shape) * buf.dtype.bits // 8
+                total += -(-size // 64) * 64
+        blocks.extend(sch.get_child_blocks(block))
+    return total

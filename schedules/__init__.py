@@ -41,6 +41,7 @@ def kernel_name(func) -> str:
 
 __all__ = ["CHUNK_SIZE", "ScheduleRule", "default_schedule", "kernel_name", "rule_for", "rule_named"]
 
-# Tokens per chunk of the prefill passes: the state pass stores one state per chunk and the
-# output pass runs one thread per token of a chunk. A knob of the tuning search.
+# Tokens per chunk of the prefill passes: the state passes store one state per chunk, and the
+# output pass reads it for the chunk's tokens (a thread per token in the portable kernel, a
+# block per chunk and query head on CUDA). Fixed: every kernel of a prefill must agree on it.
 CHUNK_SIZE = 64

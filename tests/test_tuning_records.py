@@ -48,3 +48,18 @@ def test_a_torn_workload_line_does_not_shift_later_records(tmp_path):
     best = records.read_database(tmp_path)
     assert set(best) == {"1", "3"}
     assert json.loads(best["3"][1])[1][0] == ["trace-C"]
+
+
+def test_cuda_workloads_are_the_tunable_kernels_of_the_cuda_plan():
+    """On CUDA the fused kernels have no knobs; the rest bind every size and index table."""
+    from nha_tvm.tuning.cli import workloads_for
+
+    shape = dict(heads=16, kv_heads=16, head_dim=128, value_dim=128, slots=64, dtype="bfloat16",
+                 gate_dtype="float32", window=[64])
+    found = workloads_for(shape, [2048], [32], "sm_90")
+    assert {w.kernel for w in found} == {"rope", "chunk_gate_cumsum", "chunk_state_scan"}
+    for workload in found:
+        func = workload.func()  # every symbolic size bound
+        assert all(not hasattr(d, "name") for p in func.params if hasattr(p, "shape") for d in p.shape)
+        for index, values in workload.int_arguments().items():
+            assert str(func.params[index].dtype) == "int32" and min(values) >= 0

@@ -61,6 +61,21 @@ def test_prefill_then_decode_equals_prefill(device, dtype, tol, rope, W):
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("W", [100, 200])
+def test_decode_with_multi_tile_windows_at_model_head_sizes(device, dtype, tol, W):
+    """K = V = 128, M = 64, and windows longer than one tile of window keys (64 on GPUs)."""
+    B, T, t0, HQ, H, K, V, M = 2, 260, 230, 4, 2, 128, 128, 64
+    q, k, v, g, _ = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype)
+    _, state = nha_tvm.nha_attention(q[:, :t0], k[:, :t0], v[:, :t0], g[:, :t0], window=W,
+                                     rope_theta=10000.0, output_final_state=True)
+    cache = nha_tvm.NHACache.from_prefill(k[:, :t0], v[:, :t0], g[:, :t0], state, window=W)
+    steps = [nha_tvm.nha_decode(q[:, t], k[:, t], v[:, t], g[:, t], cache, rope_theta=10000.0)
+             for t in range(t0, T)]
+    ref, _ = nha_reference(q, k, v, g, window=W, rope_theta=10000.0)
+    assert rel_err(torch.stack(steps, 1), ref[:, t0:]) <= tol
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
 def test_decode_from_empty_cache(device, dtype, tol):
     B, T, HQ, H, K, V, M, W = 3, 40, 2, 1, 8, 8, 16, 5
     q, k, v, g, s = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype, with_s=True)

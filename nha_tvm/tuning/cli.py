@@ -19,6 +19,7 @@ import signal
 import sys
 
 from nha_tvm.kernel_plan import decode_kernel, prefill_kernels
+from nha_tvm.kernels import KERNELS
 from nha_tvm.schedules import rule_named
 from nha_tvm.targets import target_for
 
@@ -92,15 +93,19 @@ def workloads_for(shape: dict, seq_lens: list[int], batches: list[int], arch: st
     plan = prefill_kernels(**sizes)
     found = []
     for T in seq_lens:
-        for role, (kernel, params) in plan.items():
-            # RoPE does not depend on the window (bucket window 0)
-            windows = [0] if kernel == "rope" else shape["window"]
+        for kernel, params in plan.values():
+            # a kernel without a window argument (RoPE, the chunk scan) is one bucket, window 0
+            windows = shape["window"] if takes_window(kernel, params) else [0]
             found += [Workload.of(kernel, params, T, W) for W in windows]
     for B in batches:
         found += [Workload.of(*decode_kernel(**sizes), B, W) for W in shape["window"]]
     target = target_for(arch)
     unique = [w for w in dict.fromkeys(found) if rule_named(w.kernel, target).tunable]
     return [w for w in unique if kernels is None or w.kernel in kernels]
+
+
+def takes_window(kernel: str, params: dict) -> bool:
+    return any(param.name == "window" for param in KERNELS[kernel](**params).params)
 
 
 def resolve_arch(args) -> tuple[str, str]:

@@ -2,8 +2,9 @@
 
 Their tile sizes are fixed by the definitions, so they offer the tuner no knobs
 (``tunable = False``: ``nha-tune`` skips them). They are compiled without TVM's storage
-rewrite: it would fold the 16-bit tensor-core operand tiles into fp32 buffers of the same
-shared memory, which the WMMA pointers cannot address.
+rewrite: in chunk_attend_cuda it would fold the 16-bit tensor-core operand tiles into fp32
+buffers of the same shared memory, which the WMMA pointers cannot address; the other two
+were checked on the GPU built the same way.
 """
 
 from ..base import ScheduleRule

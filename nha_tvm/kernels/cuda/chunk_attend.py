@@ -65,8 +65,8 @@ def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
 
 def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: str,
                  gate_dtype: str):
-    """Arguments: q, q_rot [total, HQ, K] (q_rot = q with RoPE, or q itself), k_rot
-    [total, H, K], k [total, H, K], v [total, H, V], gcum (float32 gate prefix sums inside
+    """Arguments: q, q_rot [total, HQ, K] (q_rot = q with RoPE, or q itself), k, k_rot
+    [total, H, K], v [total, H, V], gcum (float32 gate prefix sums inside
     chunks) and s [total, H, M], cu_seqlens and chunk_offsets [N + 1], chunk_seq [NC],
     chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (chunk-start states), the output
     o [total, HQ, V], then the window W and the softmax scale."""

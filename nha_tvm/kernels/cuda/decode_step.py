@@ -44,15 +44,12 @@ import operator
 
 from tvm.script import tirx as T
 
-THREADS = 256
+from .layout import THREADS, ceil_div
+
 TILE_KEYS = 64  # window keys per tile
 KEY_PARTS = THREADS // TILE_KEYS  # threads per window key in the logit dot products
 STATE_BATCH = 16  # state elements per thread loaded before they are updated (registers)
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
-
-
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def total(terms):

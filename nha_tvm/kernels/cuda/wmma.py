@@ -1,5 +1,5 @@
-"""Tensor-core matmul of shared-memory tiles (WMMA 16 x 16 x 16, fp32 accumulate), for the
-hand-mapped kernels: the output tiles are dealt out evenly to the warps of the block."""
+"""Tensor-core matmul of shared-memory tiles (WMMA 16 x 16 x 16, fp32 accumulate), used by the
+chunk read-out: the output tiles are dealt out evenly to the warps of the block."""
 
 from tvm.script import tirx as T
 
