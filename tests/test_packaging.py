@@ -18,7 +18,8 @@ def test_wheel_ships_schedules_export_and_tuning_logs(tmp_path):
                  "nha_tvm/tuning_logs/sm_90/metadata.json",
                  "nha_tvm/tuning_logs/sm_90/database_tuning_record.json",
                  "nha_tvm/export/NHA_DOMAIN.md",
-                 "nha_tvm/kernels/chunk_attend.py"):
+                 "nha_tvm/kernels/chunk_attend.py", "nha_tvm/kernels/cuda/chunk_attend.py",
+                 "nha_tvm/kernels/cuda/decode_step.py", "nha_tvm/schedules/cuda/premapped.py"):
         assert path in names
     # installed outside the checkout, imported from elsewhere: the schedules are found
     site = tmp_path / "site"
