@@ -197,7 +197,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     # ---- intra-chunk part: X = Q k'^T (read only where tau <= t), then the
                     # pairwise decays ----
                     if tensor_cores:
-                        warp_matmul(warp, fa, fb_t, fc, xs, 0, x_row, qs, q_row, "row_major", ks, key_row, "col_major", C // 16, C // 16, K // 16)
+                        warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
                     else:
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
@@ -300,7 +300,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                         if tx + TX * b < V:
                                             acc_v[a, b] = acc_v[a, b] + ps[ty + TY * a, m0 * STATE_ROWS + mm] * state[mm * V + tx + TX * b]
                     if tensor_cores:
-                        warp_matmul(warp, fa, fb, fc, product, 0, prod_row, weights, w_row, "row_major", vs, v_row, "row_major", C // 16, V // 16, C // 16)
+                        warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_v):
                                 acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]
@@ -329,7 +329,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             vs[r * v_row + e] = T.if_then_else(lo + kt * C + r < p0 + valid,
                                                       v[start + lo + kt * C + r, h, e], T.Cast(io_dtype, 0))
                         if tensor_cores:
-                            warp_matmul(warp, fa, fb_t, fc, xs, 0, x_row, qs, q_row, "row_major", ks, key_row, "col_major", C // 16, C // 16, K // 16)
+                            warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_c):
                                     acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
@@ -373,7 +373,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_c):
                                     weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, acc_c[a, b])
-                            warp_matmul(warp, fa, fb, fc, product, 0, prod_row, weights, w_row, "row_major", vs, v_row, "row_major", C // 16, V // 16, C // 16)
+                            warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_v):
                                     acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]
