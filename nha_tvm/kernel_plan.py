@@ -24,12 +24,10 @@ from nha_tvm.schedules import CHUNK_SIZE
 
 from .kernels.cuda.chunk_attend import shared_bytes
 from .kernels.cuda.decode_step import decode_step_cuda
+from .kernels.cuda.layout import ceil_div
 from .targets import max_shared_bytes
 
 log = logging.getLogger(__name__)
-
-PORTABLE_ROLES = ("state", "rope_q", "rope_k", "attend")
-CHUNKED_ROLES = ("gates", "state_delta", "state_scan", "rope_q", "rope_k", "attend")
 
 
 @functools.lru_cache(maxsize=None)
@@ -103,6 +101,6 @@ def shared_allocations(func, scope: str) -> int:
         for buf in sch.get(block).alloc_buffers:
             if buf.scope() == scope:
                 size = math.prod(int(d) for d in buf.shape) * buf.dtype.bits // 8
-                total += -(-size // 64) * 64
+                total += ceil_div(size, 64) * 64
         blocks.extend(sch.get_child_blocks(block))
     return total
