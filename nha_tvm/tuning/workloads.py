@@ -42,8 +42,13 @@ class Workload:
         return dict(self.params)
 
     @property
+    def is_decode(self) -> bool:
+        """A decode step (portable or fused): its length is the batch, not a token count."""
+        return self.kernel in ("decode_step", "decode_step_cuda")
+
+    @property
     def name(self) -> str:
-        unit = "B" if self.kernel.startswith("decode") else "T"
+        unit = "B" if self.is_decode else "T"
         return f"{self.kernel}-{unit}{self.length}-W{self.window}"
 
     def to_json(self) -> dict:
@@ -59,7 +64,7 @@ class Workload:
 
     def _sizes_and_scalars(self):
         p, T, W = self.param_dict, self.length, self.window
-        if self.kernel.startswith("decode"):
+        if self.is_decode:
             return {"B": T, "R": max(W, 1)}, {"window": W, "scale": p["K"] ** -0.5,
                                               "use_rope": 1, "theta": ROPE_THETA}
         sizes = {"total": T}
@@ -94,7 +99,7 @@ class Workload:
         p, T, W = self.param_dict, self.length, self.window
         if self.kernel == "rope":
             return {1: list(range(T))}
-        if self.kernel.startswith("decode"):
+        if self.is_decode:
             return {11: [W + 7] * T}  # steady state: the window is full
         chunks = -(-T // p["C"])
         cu, offsets, chunk_seq = CHUNK_TABLES[self.kernel]
