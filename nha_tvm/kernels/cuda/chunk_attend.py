@@ -33,6 +33,16 @@ STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
 
 
+@T.macro
+def stage_state_rows(state, src, c, h, first, rows, cols, tid):
+    """Rows first .. first + STATE_ROWS of the chunk-start state src[c, h] ([rows, cols]) into
+    ``state``, a row after another; rows past the end are clamped to the last and never read."""
+    for j in T.unroll(ceil_div(STATE_ROWS * cols, THREADS)):
+        state[T.min(j * THREADS + tid, STATE_ROWS * cols - 1)] = src[
+            c, h, T.min(first + T.min(j * THREADS + tid, STATE_ROWS * cols - 1) // cols, rows - 1),
+            T.min(j * THREADS + tid, STATE_ROWS * cols - 1) % cols]
+
+
 def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
     """The key and value matmuls run on tensor cores (WMMA 16 x 16 x 16, fp32 accumulate) for
     16-bit inputs whose tiles divide evenly among the warps; fp32 inputs stay on CUDA cores."""
@@ -183,11 +193,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for b in T.unroll(cols_m):
                             acc_m[a, b] = T.float32(0)
                     for i0 in T.serial(ceil_div(K, STATE_ROWS)):
-                        for j in T.unroll(ceil_div(STATE_ROWS * M, THREADS)):
-                            # rows past K are clamped to K - 1 and never read
-                            state[T.min(j * THREADS + tid, STATE_ROWS * M - 1)] = chunk_k[
-                                c, h, T.min(i0 * STATE_ROWS + T.min(j * THREADS + tid, STATE_ROWS * M - 1) // M, K - 1),
-                                T.min(j * THREADS + tid, STATE_ROWS * M - 1) % M]
+                        stage_state_rows(state, chunk_k, c, h, i0 * STATE_ROWS, K, M, tid)
                         for ii in T.serial(STATE_ROWS):
                             if i0 * STATE_ROWS + ii < K:
                                 for a in T.unroll(rows):
@@ -289,10 +295,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for b in T.unroll(cols_v):
                             acc_v[a, b] = T.float32(0)
                     for m0 in T.serial(ceil_div(M, STATE_ROWS)):
-                        for j in T.unroll(ceil_div(STATE_ROWS * V, THREADS)):
-                            state[T.min(j * THREADS + tid, STATE_ROWS * V - 1)] = chunk_v[
-                                c, h, T.min(m0 * STATE_ROWS + T.min(j * THREADS + tid, STATE_ROWS * V - 1) // V, M - 1),
-                                T.min(j * THREADS + tid, STATE_ROWS * V - 1) % V]
+                        stage_state_rows(state, chunk_v, c, h, m0 * STATE_ROWS, M, V, tid)
                         for mm in T.serial(STATE_ROWS):
                             if m0 * STATE_ROWS + mm < M:
                                 for a in T.unroll(rows):
