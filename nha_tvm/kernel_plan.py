@@ -22,7 +22,7 @@ from tvm.s_tir import Schedule
 
 from nha_tvm.schedules import CHUNK_SIZE
 
-from .kernels.cuda.chunk_attend import shared_bytes
+from .kernels.cuda.chunk_attend import shared_bytes, state_dtype
 from .kernels.cuda.decode_step import decode_step_cuda
 from .kernels.cuda.layout import ceil_div
 from .targets import max_shared_bytes
@@ -62,7 +62,8 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
         "gates": ("chunk_gate_cumsum", dict(H=H, M=M, C=C, gate_dtype=gate_dtype)),
         "state_delta": ("chunk_state_delta", dict(H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype,
                                                   gate_dtype=gate_dtype)),
-        "state_scan": ("chunk_state_scan", dict(H=H, K=K, V=V, M=M, C=C)),
+        "state_scan": ("chunk_state_scan", dict(H=H, K=K, V=V, M=M, C=C, state_dtype=state_dtype(
+            K=K, V=V, M=M, C=C, io_dtype=io_dtype))),
         **rope,
         "attend": ("chunk_attend_cuda", dict(HQ=HQ, H=H, K=K, V=V, M=M, C=C, io_dtype=io_dtype,
                                              gate_dtype=gate_dtype)),

@@ -67,11 +67,13 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     q3, k3, v3 = q.view(total, HQ, K), k.view(total, H, K), v.view(total, H, V)
     g3, s3 = g.view(total, H, M), s.view(total, H, M)
     chunk_offsets, chunk_seq, num_chunks = _chunk_metadata(cu_seqlens, total, CHUNK_SIZE)
-    chunk_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
-    chunk_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
     window = min(window, total)  # W >= T is all the same, and fits the kernels' int32
     plan = prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
                            gate_dtype=dtype_name(g.dtype), arch=arch)
+    # the chunk-start states the output pass reads (float32, or 16-bit for tensor cores)
+    start_dtype = getattr(torch, plan["state_scan"][1]["state_dtype"]) if "state_scan" in plan else torch.float32
+    chunk_k = new_output(num_chunks, H, K, M, dtype=start_dtype, device=dev)
+    chunk_v = new_output(num_chunks, H, M, V, dtype=start_dtype, device=dev)
 
     def kernel(role, **bucket):
         name, params = plan[role]
@@ -88,10 +90,12 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     if "gates" in plan:  # the chunked algorithm (kernel_plan)
         gcum = new_output(total, H, M, dtype=torch.float32, device=dev)
         kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, window)
+        delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
+        delta_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
         kernel("state_delta", window=window)(k3, v3, s3, gcum, cu_seqlens, chunk_offsets,
-                                             chunk_seq, chunk_k, chunk_v, window)
+                                             chunk_seq, delta_k, delta_v, window)
         kernel("state_scan", window=window)(gcum, cu_seqlens, chunk_offsets, h0k, h0v,
-                                            chunk_k, chunk_v, hk, hv)
+                                            delta_k, delta_v, chunk_k, chunk_v, hk, hv)
         gates = gcum
     else:
         kernel("state", window=window)(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v,

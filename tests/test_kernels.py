@@ -68,10 +68,10 @@ def test_chunk_state_scan_carries_states_across_chunks():
     gcum = _chunk_prefix_sums(-torch.rand(200, H, M) / 4, cu, C, 0)
     add_k, add_v = torch.randn(5, H, K, M), torch.randn(5, H, M, V)
     h0k, h0v = torch.randn(2, H, K, M), torch.randn(2, H, M, V)
-    chunk_k, chunk_v = add_k.clone(), add_v.clone()
+    chunk_k, chunk_v = torch.full_like(add_k, float("nan")), torch.full_like(add_v, float("nan"))
     hk, hv = torch.full((2, H, K, M), float("nan")), torch.full((2, H, M, V), float("nan"))
-    scan = get_kernel("chunk_state_scan", "cpu", H=H, K=K, V=V, M=M, C=C)
-    scan(gcum, cu, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv)
+    scan = get_kernel("chunk_state_scan", "cpu", H=H, K=K, V=V, M=M, C=C, state_dtype="float32")
+    scan(gcum, cu, chunk_offsets, h0k, h0v, add_k.clone(), add_v.clone(), chunk_k, chunk_v, hk, hv)
     for n, (lo, hi) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
         state_k, state_v = h0k[n].clone(), h0v[n].clone()
         for c in range(-(-(hi - lo) // C)):

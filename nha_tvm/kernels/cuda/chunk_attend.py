@@ -24,6 +24,9 @@ matmuls (Q k'^T, X v', the window's Q K^T and P V) run on tensor cores through W
 warp taking whole 16 x 16 output tiles.
 """
 
+import functools
+import operator
+
 from tvm.script import tirx as T
 
 from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
@@ -43,6 +46,77 @@ def stage_state_rows(state, src, c, h, first, rows, cols, tid):
             T.min(j * THREADS + tid, STATE_ROWS * cols - 1) % cols]
 
 
+@T.macro
+def stage_state_whole(tile, src, c, h, rows, cols, row_stride, tid):
+    """The whole chunk-start state src[c, h] ([rows, cols]) into ``tile`` with rows
+    ``row_stride`` apart (clamped indices: a few threads store the last element twice)."""
+    for j in T.unroll(ceil_div(rows * cols, THREADS)):
+        tile[T.min(j * THREADS + tid, rows * cols - 1) // cols * row_stride
+             + T.min(j * THREADS + tid, rows * cols - 1) % cols] = src[
+            c, h, T.min(j * THREADS + tid, rows * cols - 1) // cols, T.min(j * THREADS + tid, rows * cols - 1) % cols]
+
+
+def sub_block_offset(i):
+    """First row of U_i among the rows of all U_i (``sub_block_rows``): 16 * (1 + ... + i-1)."""
+    return 8 * i * (i - 1)
+
+
+@T.macro
+def sub_block_rows_matmul(warp, fa, fb, fc, out, out_ld, x, x_ld, u, u_ld, sub_blocks, n_tiles):
+    """out[t, n] = sum_{tau < 16 i} x[t, tau] u[off_i + tau, n] for the rows t of each
+    sub-block i (16 x 16 output tiles dealt out to the warps; sub-block 0 gets zeros)."""
+    for f in T.serial(sub_blocks * n_tiles // WARPS):
+        T.tvm_fill_fragment(fc.data, 16, 16, 16, 0, T.float32(0))
+        for kk in T.serial((warp * (sub_blocks * n_tiles // WARPS) + f) // n_tiles):
+            T.tvm_load_matrix_sync(
+                fa.data, 16, 16, 16, 0,
+                T.tvm_access_ptr(T.type_annotation(x.dtype), x.data,
+                                 ((warp * (sub_blocks * n_tiles // WARPS) + f) // n_tiles) * 16 * x_ld + kk * 16, 16 * x_ld, 1),
+                x_ld, "row_major")
+            T.tvm_load_matrix_sync(
+                fb.data, 16, 16, 16, 0,
+                T.tvm_access_ptr(T.type_annotation(u.dtype), u.data,
+                                 (sub_block_offset((warp * (sub_blocks * n_tiles // WARPS) + f) // n_tiles) + kk * 16) * u_ld
+                                 + ((warp * (sub_blocks * n_tiles // WARPS) + f) % n_tiles) * 16, 16 * u_ld, 1),
+                u_ld, "row_major")
+            T.tvm_mma_sync(fc.data, 0, fa.data, 0, fb.data, 0, fc.data, 0)
+        T.tvm_store_matrix_sync(
+            fc.data, 16, 16, 16, 0,
+            T.tvm_access_ptr(T.type_annotation("float32"), out.data,
+                             ((warp * (sub_blocks * n_tiles // WARPS) + f) // n_tiles) * 16 * out_ld
+                             + ((warp * (sub_blocks * n_tiles // WARPS) + f) % n_tiles) * 16, 16 * out_ld, 2),
+            out_ld, "row_major")
+
+
+@T.macro
+def sub_block_pairs_matmul(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, sub_blocks, k_tiles):
+    """out[t, tau] = sum_m pe[t, m] u[off_i + tau, m] for t in sub-block i and tau in an
+    earlier sub-block j (the 16 x 16 tile (i, j)); tiles with j >= i get zeros."""
+    for f in T.serial(sub_blocks * sub_blocks // WARPS):
+        T.tvm_fill_fragment(fc.data, 16, 16, 16, 0, T.float32(0))
+        for kk in T.serial(T.if_then_else(
+                (warp * (sub_blocks * sub_blocks // WARPS) + f) % sub_blocks
+                < (warp * (sub_blocks * sub_blocks // WARPS) + f) // sub_blocks, k_tiles, 0)):
+            T.tvm_load_matrix_sync(
+                fa.data, 16, 16, 16, 0,
+                T.tvm_access_ptr(T.type_annotation(pe.dtype), pe.data,
+                                 ((warp * (sub_blocks * sub_blocks // WARPS) + f) // sub_blocks) * 16 * pe_ld + kk * 16, 16 * pe_ld, 1),
+                pe_ld, "row_major")
+            T.tvm_load_matrix_sync(
+                fb_t.data, 16, 16, 16, 0,
+                T.tvm_access_ptr(T.type_annotation(u.dtype), u.data,
+                                 (sub_block_offset((warp * (sub_blocks * sub_blocks // WARPS) + f) // sub_blocks)
+                                  + ((warp * (sub_blocks * sub_blocks // WARPS) + f) % sub_blocks) * 16) * u_ld + kk * 16, 16 * u_ld, 1),
+                u_ld, "col_major")
+            T.tvm_mma_sync(fc.data, 0, fa.data, 0, fb_t.data, 0, fc.data, 0)
+        T.tvm_store_matrix_sync(
+            fc.data, 16, 16, 16, 0,
+            T.tvm_access_ptr(T.type_annotation("float32"), out.data,
+                             ((warp * (sub_blocks * sub_blocks // WARPS) + f) // sub_blocks) * 16 * out_ld
+                             + ((warp * (sub_blocks * sub_blocks // WARPS) + f) % sub_blocks) * 16, 16 * out_ld, 2),
+            out_ld, "row_major")
+
+
 def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
     """The key and value matmuls run on tensor cores (WMMA 16 x 16 x 16, fp32 accumulate) for
     16-bit inputs whose tiles divide evenly among the warps; fp32 inputs stay on CUDA cores."""
@@ -50,27 +124,56 @@ def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
         and V % 16 == 0 and (C // 16) ** 2 % WARPS == 0
 
 
-def tile_layout(*, K: int, V: int, C: int, io_dtype: str) -> dict:
+def slots_on_tensor_cores(*, K: int, V: int, M: int, C: int, io_dtype: str) -> bool:
+    """The slot path runs on tensor cores when the key and value matmuls do and the [C, M]
+    tiles divide evenly among the warps: the chunk-start state matmuls (Q S_c and
+    (P exp(G)) R_c, with the states stored in the 16-bit input dtype, ``state_dtype``) and the
+    intra-chunk terms between different 16-token sub-blocks (``sub_block_decays``)."""
+    return uses_tensor_cores(K=K, V=V, C=C, io_dtype=io_dtype) and M % 16 == 0 \
+        and (C // 16) * (M // 16) % WARPS == 0
+
+
+def state_dtype(*, K: int, V: int, M: int, C: int, io_dtype: str) -> str:
+    """The dtype of the chunk-start states this kernel reads (``chunk_state_scan`` writes them)."""
+    return io_dtype if slots_on_tensor_cores(K=K, V=V, M=M, C=C, io_dtype=io_dtype) else "float32"
+
+
+def tile_layout(*, K: int, V: int, M: int, C: int, io_dtype: str) -> dict:
     """Whether the matmuls use tensor cores, and the row strides (elements) of the shared tiles.
 
     CUDA cores read keys down their columns: fp32, rows padded by a word. Tensor cores load
     16 x 16 tiles row by row: rows padded by 16 bytes (a multiple of it, as WMMA needs) spread
-    a tile's 16 rows over all banks."""
+    a tile's 16 rows over all banks. With the states on tensor cores, S_c [K, M] and then R_c
+    [M, V] are staged whole in 16 bits (``state_tile`` elements), and P exp(G) is an operand
+    tile [C, M] (``pw_row``)."""
     if uses_tensor_cores(K=K, V=V, C=C, io_dtype=io_dtype):
-        return dict(tensor_cores=True, key_dtype=io_dtype, key_row=K + 8, q_row=K + 8,
-                    v_row=V + 8, x_row=C + 4, w_row=C + 8, prod_row=V + 4)
-    return dict(tensor_cores=False, key_dtype="float32", key_row=K + 1, q_row=K, v_row=V,
-                x_row=C, w_row=0, prod_row=0)
+        lay = dict(tensor_cores=True, key_dtype=io_dtype, key_row=K + 8, q_row=K + 8,
+                   v_row=V + 8, x_row=C + 4, w_row=C + 8, prod_row=max(V, M) + 4)
+        if slots_on_tensor_cores(K=K, V=V, M=M, C=C, io_dtype=io_dtype):
+            return dict(lay, slots_tc=True, s_row=M + 8,
+                        state_tile=max(K * (M + 8), M * (V + 8)), pw_row=M + 8,
+                        u_rows=sub_block_rows(C), u_row=M + 8)
+        return dict(lay, slots_tc=False, s_row=0, state_tile=0, pw_row=0, u_rows=0, u_row=0)
+    return dict(tensor_cores=False, slots_tc=False, key_dtype="float32", key_row=K + 1, q_row=K,
+                v_row=V, x_row=C, w_row=0, prod_row=0, s_row=0, state_tile=0, pw_row=0,
+                u_rows=0, u_row=0)
+
+
+def sub_block_rows(C: int) -> int:
+    """Rows of all U_i together: U_i has a row per token before sub-block i (16 i), i >= 1."""
+    blocks = C // 16
+    return 16 * blocks * (blocks - 1) // 2
 
 
 def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
     """Dynamic shared memory of one block (the kernel cannot run where this does not fit)."""
     io = 4 if io_dtype == "float32" else 2
-    lay = tile_layout(K=K, V=V, C=C, io_dtype=io_dtype)
+    lay = tile_layout(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
     key = 4 if lay["key_dtype"] == "float32" else io
+    state = lay["state_tile"] * io if lay["slots_tc"] else STATE_ROWS * max(M, V) * 4
     return C * (lay["q_row"] * io + lay["key_row"] * key + lay["v_row"] * io + 2 * (M + 1) * 4
-                + M * 4 + lay["x_row"] * 4 + lay["w_row"] * io + lay["prod_row"] * 4) \
-        + STATE_ROWS * max(M, V) * 4
+                + M * 4 + lay["x_row"] * 4 + lay["w_row"] * io + lay["prod_row"] * 4
+                + lay["pw_row"] * io) + state + lay["u_rows"] * lay["u_row"] * io
 
 
 def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: str,
@@ -78,13 +181,22 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     """Arguments: q, q_rot [total, HQ, K] (q_rot = q with RoPE, or q itself), k, k_rot
     [total, H, K], v [total, H, V], gcum (float32 gate prefix sums inside
     chunks) and s [total, H, M], cu_seqlens and chunk_offsets [N + 1], chunk_seq [NC],
-    chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (chunk-start states), the output
-    o [total, HQ, V], then the window W and the softmax scale."""
+    chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (chunk-start states, in ``state_dtype``),
+    the output o [total, HQ, V], then the window W and the softmax scale."""
     assert C % TY == 0 and C % TX == 0, "the chunk must be a multiple of 16 tokens"
-    lay = tile_layout(K=K, V=V, C=C, io_dtype=io_dtype)
-    tensor_cores, key_dtype = lay["tensor_cores"], lay["key_dtype"]
+    lay = tile_layout(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
+    tensor_cores, key_dtype, slots_tc = lay["tensor_cores"], lay["key_dtype"], lay["slots_tc"]
     key_row, q_row, v_row, x_row = lay["key_row"], lay["q_row"], lay["v_row"], lay["x_row"]
     w_row, prod_row = max(lay["w_row"], 1), max(lay["prod_row"], 1)
+    s_row, pw_row = max(lay["s_row"], 1), max(lay["pw_row"], 1)
+    u_rows, u_row = lay["u_rows"], max(lay["u_row"], 1)
+    sub_blocks = C // 16
+
+    def sub_block_of(r):
+        """The i of U_i whose rows hold row r of all U_i."""
+        return functools.reduce(operator.add, [T.if_then_else(r >= sub_block_offset(i), 1, 0)
+                                               for i in range(2, sub_blocks)], T.int32(1))
+    chunk_dtype = state_dtype(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
     group = HQ // H
     rows = C // TY
     cols_m, cols_c, cols_v = ceil_div(M, TX), C // TX, ceil_div(V, TX)
@@ -111,8 +223,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
         cu = T.match_buffer(cu_h, (bounds,), "int32")
         choff = T.match_buffer(choff_h, (bounds,), "int32")
         chseq = T.match_buffer(chseq_h, (NC,), "int32")
-        chunk_k = T.match_buffer(chunk_k_h, (NC, H, K, M), "float32")
-        chunk_v = T.match_buffer(chunk_v_h, (NC, H, M, V), "float32")
+        chunk_k = T.match_buffer(chunk_k_h, (NC, H, K, M), chunk_dtype)
+        chunk_v = T.match_buffer(chunk_v_h, (NC, H, M, V), chunk_dtype)
         o = T.match_buffer(o_h, (total, HQ, V), io_dtype)
 
         for bx in T.thread_binding(NC * HQ, thread="blockIdx.x"):
@@ -132,7 +244,12 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     ss = T.sblock_alloc_buffer((C * (M + 1),), "float32", scope="shared.dyn")
                     ps = T.sblock_alloc_buffer((C, M), "float32", scope="shared.dyn")
                     xs = T.sblock_alloc_buffer((C * x_row,), "float32", scope="shared.dyn")
-                    state = T.sblock_alloc_buffer((STATE_ROWS * max(M, V),), "float32", scope="shared.dyn")
+                    # the chunk-start states: rows at a time in fp32 for CUDA cores, or whole in
+                    # 16 bits for tensor cores (S_c, then R_c in the same tile)
+                    state = T.sblock_alloc_buffer((1,) if slots_tc else (STATE_ROWS * max(M, V),), "float32", scope="shared.dyn")
+                    state16 = T.sblock_alloc_buffer((lay["state_tile"],) if slots_tc else (1,), io_dtype, scope="shared.dyn")
+                    pw = T.sblock_alloc_buffer((C * pw_row,) if slots_tc else (1,), io_dtype, scope="shared.dyn")
+                    u = T.sblock_alloc_buffer((u_rows * u_row,) if slots_tc and u_rows > 0 else (1,), io_dtype, scope="shared.dyn")
                     # tensor cores: 16-bit weights (P, X) as the A operand, and the product tile
                     weights = T.sblock_alloc_buffer((C * w_row,) if tensor_cores else (1,), io_dtype, scope="shared.dyn")
                     product = T.sblock_alloc_buffer((C * prod_row,) if tensor_cores else (1,), "float32", scope="shared.dyn")
@@ -153,6 +270,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     p_row = T.sblock_alloc_buffer((rows,), "float32", scope="local")
                     s_col = T.sblock_alloc_buffer((max(cols_m, cols_c),), "float32", scope="local")
                     g_col = T.sblock_alloc_buffer((max(cols_m, cols_c),), "float32", scope="local")
+                    u_vals = T.sblock_alloc_buffer((max(ceil_div(u_rows * M, THREADS), 1),), "float32", scope="local")
+                    pe_vals = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
                     c: T.let[T.int32] = bx // HQ
                     hq: T.let[T.int32] = bx % HQ
                     h: T.let[T.int32] = hq // group
@@ -187,19 +306,29 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         gs[r * (M + 1) + m] = T.if_then_else(r < valid, gcum[start + p0 + r, h, m], T.float32(0))
                         ss[r * (M + 1) + m] = T.if_then_else(r < valid and p0 + r >= window,
                                                   T.Cast("float32", s[start + p0 + r - window, h, m]), T.float32(0))
+                    if slots_tc:
+                        stage_state_whole(state16, chunk_k, c, h, K, M, s_row, tid)
 
                     # ---- slot logits, inter-chunk part: (Q S_c) * exp(G) ----
-                    for a in T.unroll(rows):
-                        for b in T.unroll(cols_m):
-                            acc_m[a, b] = T.float32(0)
-                    for i0 in T.serial(ceil_div(K, STATE_ROWS)):
-                        stage_state_rows(state, chunk_k, c, h, i0 * STATE_ROWS, K, M, tid)
-                        for ii in T.serial(STATE_ROWS):
-                            if i0 * STATE_ROWS + ii < K:
-                                for a in T.unroll(rows):
-                                    for b in T.unroll(cols_m):
-                                        if tx + TX * b < M:
-                                            acc_m[a, b] = acc_m[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i0 * STATE_ROWS + ii]) * state[ii * M + tx + TX * b]
+                    if slots_tc:
+                        warp_matmul(warp, fa, fb, fc, product, prod_row, qs, q_row, state16, s_row, "row_major", C // 16, M // 16, K // 16)
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_m):
+                                acc_m[a, b] = product[(ty + TY * a) * prod_row + tx + TX * b]
+                        # R_c takes the tile: its loads overlap the intra-chunk work below
+                        stage_state_whole(state16, chunk_v, c, h, M, V, v_row, tid)
+                    else:
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_m):
+                                acc_m[a, b] = T.float32(0)
+                        for i0 in T.serial(ceil_div(K, STATE_ROWS)):
+                            stage_state_rows(state, chunk_k, c, h, i0 * STATE_ROWS, K, M, tid)
+                            for ii in T.serial(STATE_ROWS):
+                                if i0 * STATE_ROWS + ii < K:
+                                    for a in T.unroll(rows):
+                                        for b in T.unroll(cols_m):
+                                            if tx + TX * b < M:
+                                                acc_m[a, b] = acc_m[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i0 * STATE_ROWS + ii]) * state[ii * M + tx + TX * b]
                     # ---- intra-chunk part: X = Q k'^T (read only where tau <= t), then the
                     # pairwise decays ----
                     if tensor_cores:
@@ -215,23 +344,51 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
                                 xs[(ty + TY * a) * x_row + tx + TX * b] = acc_c[a, b]
+                    if slots_tc and u_rows > 0:
+                        # sub-blocks: X in 16 bits, and U_i (tau before sub-block i, whose
+                        # last token before it is rho_i = 16 i - 1) for the matmuls below
+                        # (reads into registers first, stores after: a store between two reads of
+                        # the merged dynamic shared memory would cost a barrier each)
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_c):
+                                acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
+                        for j in T.unroll(ceil_div(u_rows * M, THREADS)):
+                            r: T.let[T.int32] = T.min(j * THREADS + tid, u_rows * M - 1) // M
+                            m: T.let[T.int32] = T.min(j * THREADS + tid, u_rows * M - 1) % M
+                            ib: T.let[T.int32] = sub_block_of(r)
+                            tau: T.let[T.int32] = r - sub_block_offset(ib)
+                            u_vals[j] = ss[tau * (M + 1) + m] * T.exp(gs[(16 * ib - 1) * (M + 1) + m] - gs[tau * (M + 1) + m])
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_c):
+                                weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, acc_c[a, b])
+                        for j in T.unroll(ceil_div(u_rows * M, THREADS)):
+                            u[T.min(j * THREADS + tid, u_rows * M - 1) // M * u_row
+                              + T.min(j * THREADS + tid, u_rows * M - 1) % M] = T.Cast(io_dtype, u_vals[j])
+                        # A[t] += exp(G_t - G_rho) * sum_{tau < 16 i} X[t, tau] U_i[tau] for t in sub-block i
+                        sub_block_rows_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, u, u_row, sub_blocks, M // 16)
                     # register-blocked: per key tau each thread loads s'_tau and G_tau of its
                     # columns once for all its rows; rows of an earlier 16-token block than
-                    # tau's are skipped at compile time, the diagonal block is masked
+                    # tau's are skipped at compile time (or, with sub-blocks on tensor cores,
+                    # taken from the product above), the diagonal block is masked
                     # (columns past M are clamped and never stored)
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_m):
                             g_row[a, b] = gs[(ty + TY * a) * (M + 1) + T.min(tx + TX * b, M - 1)]
                             acc_m[a, b] = acc_m[a, b] * T.exp(g_row[a, b])
+                            if slots_tc and a >= 1:
+                                acc_m[a, b] = acc_m[a, b] + T.exp(g_row[a, b] - gs[(16 * a - 1) * (M + 1) + T.min(tx + TX * b, M - 1)]) \
+                                    * product[(ty + TY * a) * prod_row + T.min(tx + TX * b, M - 1)]
                     for block in T.unroll(rows):
                         for tt in T.serial(TY):
                             for b in T.unroll(cols_m):
                                 s_col[b] = ss[(block * TY + tt) * (M + 1) + T.min(tx + TX * b, M - 1)]
                                 g_col[b] = gs[(block * TY + tt) * (M + 1) + T.min(tx + TX * b, M - 1)]
                             for a in T.unroll(rows):
-                                if a >= block:
+                                if a == block or (a > block and not slots_tc):
                                     for b in T.unroll(cols_m):
-                                        acc_m[a, b] = acc_m[a, b] + T.if_then_else(
+                                        # a select, not a branch: the exponent of a masked
+                                        # pair may overflow, and is dropped
+                                        acc_m[a, b] = acc_m[a, b] + T.Select(
                                             block * TY + tt <= ty + TY * a,
                                             xs[(ty + TY * a) * x_row + block * TY + tt] * s_col[b] * T.exp(g_row[a, b] - g_col[b]),
                                             T.float32(0))
@@ -258,8 +415,21 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                 ps[ty + TY * a, tx + TX * b] = acc_m[a, b]
 
                     # ---- slot read-out: X[t, tau] = sum_m P s'_tau exp(G_t - G_tau) ----
+                    if slots_tc and u_rows > 0:
+                        # between sub-blocks (tau before sub-block i <= t's):
+                        # X[t, tau] = sum_m (P exp(G_t - G_rho))[t, m] U_i[tau, m]
+                        for a in T.unroll(rows):
+                            if a >= 1:
+                                for b in T.unroll(cols_m):
+                                    pe_vals[a, b] = acc_m[a, b] * T.exp(g_row[a, b] - gs[(16 * a - 1) * (M + 1) + tx + TX * b])
+                        for a in T.unroll(rows):
+                            if a >= 1:
+                                for b in T.unroll(cols_m):
+                                    pw[(ty + TY * a) * pw_row + tx + TX * b] = T.Cast(io_dtype, pe_vals[a, b])
+                        sub_block_pairs_matmul(warp, fa, fb_t, fc, xs, x_row, pw, pw_row, u, u_row, sub_blocks, M // 16)
                     # register-blocked over m like the logits: tau = tx + 16 b <= t = ty + 16 a
                     # holds for every b < a, for b == a where tx <= ty, never for b > a
+                    # (with sub-blocks on tensor cores only b == a is left)
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_c):
                             acc_c[a, b] = T.float32(0)
@@ -272,10 +442,15 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             g_col[b] = gs[(tx + TX * b) * (M + 1) + m]
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
-                                if b <= a:
-                                    acc_c[a, b] = acc_c[a, b] + T.if_then_else(
+                                if b == a or (b < a and not slots_tc):
+                                    acc_c[a, b] = acc_c[a, b] + T.Select(
                                         tx + TX * b <= ty + TY * a,
                                         p_row[a] * s_col[b] * T.exp(g_row[a, 0] - g_col[b]), T.float32(0))
+                    if slots_tc:
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_c):
+                                if b < a:
+                                    acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_c):
                             if tensor_cores:
@@ -289,19 +464,28 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_m):
                             if tx + TX * b < M:
-                                ps[ty + TY * a, tx + TX * b] = acc_m[a, b]
+                                if slots_tc:
+                                    pw[(ty + TY * a) * pw_row + tx + TX * b] = T.Cast(io_dtype, acc_m[a, b])
+                                else:
+                                    ps[ty + TY * a, tx + TX * b] = acc_m[a, b]
                     # O = (P exp(G)) R_c + X v'
-                    for a in T.unroll(rows):
-                        for b in T.unroll(cols_v):
-                            acc_v[a, b] = T.float32(0)
-                    for m0 in T.serial(ceil_div(M, STATE_ROWS)):
-                        stage_state_rows(state, chunk_v, c, h, m0 * STATE_ROWS, M, V, tid)
-                        for mm in T.serial(STATE_ROWS):
-                            if m0 * STATE_ROWS + mm < M:
-                                for a in T.unroll(rows):
-                                    for b in T.unroll(cols_v):
-                                        if tx + TX * b < V:
-                                            acc_v[a, b] = acc_v[a, b] + ps[ty + TY * a, m0 * STATE_ROWS + mm] * state[mm * V + tx + TX * b]
+                    if slots_tc:
+                        warp_matmul(warp, fa, fb, fc, product, prod_row, pw, pw_row, state16, v_row, "row_major", C // 16, V // 16, M // 16)
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_v):
+                                acc_v[a, b] = product[(ty + TY * a) * prod_row + tx + TX * b]
+                    else:
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_v):
+                                acc_v[a, b] = T.float32(0)
+                        for m0 in T.serial(ceil_div(M, STATE_ROWS)):
+                            stage_state_rows(state, chunk_v, c, h, m0 * STATE_ROWS, M, V, tid)
+                            for mm in T.serial(STATE_ROWS):
+                                if m0 * STATE_ROWS + mm < M:
+                                    for a in T.unroll(rows):
+                                        for b in T.unroll(cols_v):
+                                            if tx + TX * b < V:
+                                                acc_v[a, b] = acc_v[a, b] + ps[ty + TY * a, m0 * STATE_ROWS + mm] * state[mm * V + tx + TX * b]
                     if tensor_cores:
                         warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                         for a in T.unroll(rows):

@@ -52,6 +52,12 @@ STATE_BATCH = 16  # state elements per thread loaded before they are updated (re
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
 
 
+def ring_entry_back(entry, back, window):
+    """The ring entry of token t - back, given t's entry (t mod W) and 0 <= back < W: a
+    subtraction instead of a modulo by the runtime W, and arithmetic instead of a branch."""
+    return entry - back + T.Cast("int32", entry < back) * window
+
+
 def total(terms):
     """The sum of ``terms`` as one expression, so that a branch reading shared memory and
     writing it does both in one statement (TVM cannot put a barrier in a branch)."""
@@ -177,10 +183,11 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
                     # scalars computed from buffers are registers, not T.let bindings (TVM's
                     # shared-memory merge pass rejects loads of the kernel's buffers outside stores)
                     key_angle = T.sblock_alloc_buffer((1,), "float32", scope="local")
-                    key_raw = T.sblock_alloc_buffer((2,), "float32", scope="local")  # key pair (i, i + K/2)
+                    key_raw = T.sblock_alloc_buffer((2 * pairs_per_part,), "float32", scope="local")  # pairs (i, i + K/2)
                     key_rot = T.sblock_alloc_buffer((2,), "float32", scope="local")  # ... with RoPE
                     weight = T.sblock_alloc_buffer((1,), "float32", scope="local")
                     rescale = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    ring_pos = T.sblock_alloc_buffer((2,), "int32", scope="local")  # entries of t, of a key
 
                     b: T.let[T.int32] = bh // H
                     h: T.let[T.int32] = bh % H
@@ -326,38 +333,45 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
 
                     # ---- 3c. window keys w = 0 .. n_window - 1 (token t - w) in tiles, online softmax ----
                     for tile in T.serial((n_window + TILE_KEYS - 1) // TILE_KEYS):
-                        # this thread's values of the tile first, so their loads overlap the logits
+                        # this thread's values of the tile first, so their loads overlap the logits;
+                        # no load sits under a branch (indices are clamped, then masked), so
+                        # they are all in flight together
+                        ring_pos[0] = t % T.max(window, 1)
                         if tx < readers:
                             for kc in T.unroll(keys_per_reader):
-                                w: T.let[T.int32] = tile * TILE_KEYS + kc * value_parts + reader_part
                                 for c in T.unroll(value_cols):
-                                    if (kc * value_parts + reader_part < TILE_KEYS and w < n_window
-                                            and c * value_lanes + reader_lane < V):
-                                        tile_v[kc * value_cols + c] = T.Cast("float32", ring_v[
-                                            b, (t - w) % T.max(window, 1), h, c * value_lanes + reader_lane])
-                                    else:
-                                        tile_v[kc * value_cols + c] = T.float32(0)
+                                    tile_v[kc * value_cols + c] = T.Cast("float32", ring_v[
+                                        b, ring_entry_back(ring_pos[0], T.min(tile * TILE_KEYS + kc * value_parts + reader_part, n_window - 1), window),
+                                        h, T.min(c * value_lanes + reader_lane, V - 1)])
+                            for kc in T.unroll(keys_per_reader):
+                                for c in T.unroll(value_cols):
+                                    tile_v[kc * value_cols + c] = T.Select(
+                                        kc * value_parts + reader_part < TILE_KEYS
+                                        and tile * TILE_KEYS + kc * value_parts + reader_part < n_window
+                                        and c * value_lanes + reader_lane < V, tile_v[kc * value_cols + c], T.float32(0))
                         # thread (key, part): pairs (i, i + K/2), i = part (mod KEY_PARTS), of token t - w,
                         # RoPE'd at its position and dotted with every query head of the group
-                        key_pos: T.let[T.int32] = t - tile * TILE_KEYS - key_slot
+                        # a key past the window is clamped to the oldest one: its logit is masked below
+                        key_back: T.let[T.int32] = T.min(tile * TILE_KEYS + key_slot, n_window - 1)
+                        key_pos: T.let[T.int32] = t - key_back
                         for qg in T.unroll(group):
                             dot[qg] = T.float32(0)
-                        if key_pos > t - n_window:
-                            key_entry: T.let[T.int32] = key_pos % T.max(window, 1)
-                            for pp in T.unroll(pairs_per_part):
-                                if pp * KEY_PARTS + key_part < half:
-                                    i: T.let[T.int32] = pp * KEY_PARTS + key_part
-                                    key_raw[0] = T.Cast("float32", ring_k[b, key_entry, h, i])
-                                    key_raw[1] = T.Cast("float32", ring_k[b, key_entry, h, i + half])
-                                    if use_rope != 0:
-                                        key_angle[0] = T.Cast("float32", key_pos) * inv_freq_s[i]
-                                        key_rot[0] = key_raw[0] * T.cos(key_angle[0]) - key_raw[1] * T.sin(key_angle[0])
-                                        key_rot[1] = key_raw[1] * T.cos(key_angle[0]) + key_raw[0] * T.sin(key_angle[0])
-                                    else:
-                                        key_rot[0] = key_raw[0]
-                                        key_rot[1] = key_raw[1]
-                                    for qg in T.unroll(group):
-                                        dot[qg] = dot[qg] + q_rot_s[qg, i] * key_rot[0] + q_rot_s[qg, i + half] * key_rot[1]
+                        ring_pos[1] = ring_entry_back(ring_pos[0], key_back, window)
+                        for pp in T.unroll(pairs_per_part):  # every load first, all in flight
+                            key_raw[2 * pp] = T.Cast("float32", ring_k[b, ring_pos[1], h, T.min(pp * KEY_PARTS + key_part, half - 1)])
+                            key_raw[2 * pp + 1] = T.Cast("float32", ring_k[b, ring_pos[1], h, T.min(pp * KEY_PARTS + key_part, half - 1) + half])
+                        for pp in T.unroll(pairs_per_part):
+                            if pp * KEY_PARTS + key_part < half:
+                                i: T.let[T.int32] = pp * KEY_PARTS + key_part
+                                if use_rope != 0:
+                                    key_angle[0] = T.Cast("float32", key_pos) * inv_freq_s[i]
+                                    key_rot[0] = key_raw[2 * pp] * T.cos(key_angle[0]) - key_raw[2 * pp + 1] * T.sin(key_angle[0])
+                                    key_rot[1] = key_raw[2 * pp + 1] * T.cos(key_angle[0]) + key_raw[2 * pp] * T.sin(key_angle[0])
+                                else:
+                                    key_rot[0] = key_raw[2 * pp]
+                                    key_rot[1] = key_raw[2 * pp + 1]
+                                for qg in T.unroll(group):
+                                    dot[qg] = dot[qg] + q_rot_s[qg, i] * key_rot[0] + q_rot_s[qg, i + half] * key_rot[1]
                         for qg in T.unroll(group):
                             key_part_s[qg, tx] = dot[qg]
                         T.tvm_storage_sync("shared")
