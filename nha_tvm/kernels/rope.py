@@ -18,16 +18,23 @@ def rope(*, heads: int, K: int, io_dtype: str):
         x = T.match_buffer(x_h, (total, heads, K), io_dtype)
         pos = T.match_buffer(pos_h, (total,), "int32")
         out = T.match_buffer(out_h, (total, heads, K), io_dtype)
-        # a thread per rotation pair: both halves share one angle, so each pair costs one
-        # exp2 (theta^(-2i/K) = 2^(-2i/K log2 theta)) and one sin/cos, not two pow/sin/cos
-        for t, h, i in T.grid(total, heads, half):
+        # a thread per (token, rotation pair), over every head: the angle depends on the
+        # position and the pair alone, so each costs one exp2 (theta^(-2i/K) =
+        # 2^(-2i/K log2 theta)) and one sin/cos for all the heads, and the kernel is bound
+        # by memory, not by the accurate sin/cos of large angles
+        for t, i in T.grid(total, half):
             with T.sblock("rope"):
-                vt, vh, vi = T.axis.remap("SSS", [t, h, i])
+                vt, vi = T.axis.remap("SS", [t, i])
+                T.reads(x[vt, 0:heads, vi:vi + half + 1], pos[vt])
+                T.writes(out[vt, 0:heads, vi:vi + half + 1])
                 angle: T.let[T.float32] = T.Cast("float32", pos[vt]) * T.exp2(
                     T.Cast("float32", -2 * vi) / T.float32(K) * T.log2(theta))
-                first: T.let[T.float32] = T.Cast("float32", x[vt, vh, vi])
-                second: T.let[T.float32] = T.Cast("float32", x[vt, vh, vi + half])
-                out[vt, vh, vi] = T.Cast(io_dtype, first * T.cos(angle) - second * T.sin(angle))
-                out[vt, vh, vi + half] = T.Cast(io_dtype, second * T.cos(angle) + first * T.sin(angle))
+                cos: T.let[T.float32] = T.cos(angle)
+                sin: T.let[T.float32] = T.sin(angle)
+                for h in T.serial(heads):
+                    out[vt, h, vi] = T.Cast(io_dtype, T.Cast("float32", x[vt, h, vi]) * cos
+                                            - T.Cast("float32", x[vt, h, vi + half]) * sin)
+                    out[vt, h, vi + half] = T.Cast(io_dtype, T.Cast("float32", x[vt, h, vi + half]) * cos
+                                                   + T.Cast("float32", x[vt, h, vi]) * sin)
 
     return func

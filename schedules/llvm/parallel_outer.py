@@ -12,7 +12,7 @@ from ..base import ScheduleRule, fused_loops, top_blocks, unroll
 PARALLEL_DEPTH = {
     "slot_state_scan": {"key_state": 3, "value_state": 3},
     "chunk_attend": {"attend": 2},
-    "rope": {"rope": 2},
+    "rope": {"rope": 1},
     "chunk_gate_cumsum": {"cumsum": 2},
     "chunk_state_scan": {"key_chunks": 3, "value_chunks": 3},
     "decode_step": {"key_update": 2, "value_update": 2, "ring_write_k": 2, "ring_write_v": 2,

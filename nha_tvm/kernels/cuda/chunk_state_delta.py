@@ -10,8 +10,9 @@ half runs one thread block per (chunk, kv head) with the chunk's k', v' and w st
 memory. ``chunk_state_scan`` then carries the states from chunk to chunk.
 
 Written with its thread mapping, like TVM's own LLM kernels: 256 threads as a 16 x 16 grid,
-each owning a few rows (ty + 16 a) and columns (tx + 16 b) of the output, so that the
-column reads of a warp hit consecutive shared-memory words and the row reads are broadcasts.
+each owning a tile of consecutive rows (ty * rows + a) and columns (tx * cols + b) of the
+output, so that per token a thread reads its rows and its columns as one vector load each
+(the loads, not the multiply-adds, bounded the kernel when each element was a load).
 """
 
 from tvm.script import tirx as T
@@ -24,6 +25,9 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     (float32 gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], chunk_seq
     [NC], the outputs chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (float32), the window."""
     rows_k, rows_m, cols_m, cols_v = ceil_div(K, TY), ceil_div(M, TY), ceil_div(M, TX), ceil_div(V, TX)
+    # shared rows padded to whole vectors, so every thread's vector stays in bounds
+    k_row, m_row, v_row = TY * rows_k, TY * rows_m, TX * cols_v
+    w_row = max(TX * cols_m, m_row)
 
     @T.prim_func(s_tir=True)
     def func(k_h: T.handle, v_h: T.handle, s_h: T.handle, gcum_h: T.handle, cu_h: T.handle,
@@ -50,11 +54,14 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     T.reads(k[0:total, 0:H, 0:K], v[0:total, 0:H, 0:V], s[0:total, 0:H, 0:M],
                             gcum[0:total, 0:H, 0:M], cu[0:bounds], choff[0:bounds], chseq[0:NC])
                     T.writes(chunk_k[0:NC, 0:H, 0:K, 0:M], chunk_v[0:NC, 0:H, 0:M, 0:V])
-                    ks = T.sblock_alloc_buffer((C, K), kv_dtype, scope="shared.dyn")
-                    vs = T.sblock_alloc_buffer((C, V), kv_dtype, scope="shared.dyn")
-                    w = T.sblock_alloc_buffer((C, M), "float32", scope="shared.dyn")
+                    ks = T.sblock_alloc_buffer((C, k_row), kv_dtype, scope="shared.dyn")
+                    vs = T.sblock_alloc_buffer((C, v_row), kv_dtype, scope="shared.dyn")
+                    w = T.sblock_alloc_buffer((C, w_row), "float32", scope="shared.dyn")
                     dk = T.sblock_alloc_buffer((rows_k, cols_m), "float32", scope="local")
                     dv = T.sblock_alloc_buffer((rows_m, cols_v), "float32", scope="local")
+                    k_vec = T.sblock_alloc_buffer((rows_k,), kv_dtype, scope="local")
+                    w_vec = T.sblock_alloc_buffer((max(cols_m, rows_m),), "float32", scope="local")
+                    v_vec = T.sblock_alloc_buffer((cols_v,), kv_dtype, scope="local")
                     c: T.let[T.int32] = bx // H
                     h: T.let[T.int32] = bx % H
                     ty: T.let[T.int32] = tid // TX
@@ -67,57 +74,66 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     valid: T.let[T.int32] = T.if_then_else(chseq[c] < bounds - 1, T.min(C, cu[n + 1] - start - p0), 0)
                     last: T.let[T.int32] = start + p0 + T.max(valid, 1) - 1
                     # stage the shifted tokens k'_tau = k_{tau - W} (zero before W / past the end)
-                    for j in T.unroll(ceil_div(C * K, THREADS)):
-                        if j * THREADS + tid < C * K:
-                            r: T.let[T.int32] = (j * THREADS + tid) // K
-                            if r < valid and p0 + r >= window:
-                                ks[r, (j * THREADS + tid) % K] = k[start + p0 + r - window, h, (j * THREADS + tid) % K]
+                    # (padding columns are zeros: the vector loads below read them)
+                    for j in T.unroll(ceil_div(C * k_row, THREADS)):
+                        if j * THREADS + tid < C * k_row:
+                            r: T.let[T.int32] = (j * THREADS + tid) // k_row
+                            i: T.let[T.int32] = (j * THREADS + tid) % k_row
+                            if r < valid and p0 + r >= window and i < K:
+                                ks[r, i] = k[start + p0 + r - window, h, i]
                             else:
-                                ks[r, (j * THREADS + tid) % K] = T.Cast(kv_dtype, 0)
-                    for j in T.unroll(ceil_div(C * V, THREADS)):
-                        if j * THREADS + tid < C * V:
-                            r: T.let[T.int32] = (j * THREADS + tid) // V
-                            if r < valid and p0 + r >= window:
-                                vs[r, (j * THREADS + tid) % V] = v[start + p0 + r - window, h, (j * THREADS + tid) % V]
+                                ks[r, i] = T.Cast(kv_dtype, 0)
+                    for j in T.unroll(ceil_div(C * v_row, THREADS)):
+                        if j * THREADS + tid < C * v_row:
+                            r: T.let[T.int32] = (j * THREADS + tid) // v_row
+                            e: T.let[T.int32] = (j * THREADS + tid) % v_row
+                            if r < valid and p0 + r >= window and e < V:
+                                vs[r, e] = v[start + p0 + r - window, h, e]
                             else:
-                                vs[r, (j * THREADS + tid) % V] = T.Cast(kv_dtype, 0)
-                    for j in T.unroll(ceil_div(C * M, THREADS)):
-                        if j * THREADS + tid < C * M:
-                            r: T.let[T.int32] = (j * THREADS + tid) // M
-                            m: T.let[T.int32] = (j * THREADS + tid) % M
-                            if r < valid and p0 + r >= window:
+                                vs[r, e] = T.Cast(kv_dtype, 0)
+                    for j in T.unroll(ceil_div(C * w_row, THREADS)):
+                        if j * THREADS + tid < C * w_row:
+                            r: T.let[T.int32] = (j * THREADS + tid) // w_row
+                            m: T.let[T.int32] = (j * THREADS + tid) % w_row
+                            if r < valid and p0 + r >= window and m < M:
                                 # exponent <= 0: G decreases along the chunk
                                 w[r, m] = T.Cast("float32", s[start + p0 + r - window, h, m]) * T.exp(
                                     gcum[last, h, m] - gcum[start + p0 + r, h, m])
                             else:
                                 w[r, m] = T.float32(0)
-                    # dS = k'^T w: rows i = ty + 16 a, columns m = tx + 16 b
+                    # dS = k'^T w: rows i = ty * rows_k + a, columns m = tx * cols_m + b
                     for a in T.unroll(rows_k):
                         for b in T.unroll(cols_m):
                             dk[a, b] = T.float32(0)
                     for tau in T.serial(C):
+                        for a in T.vectorized(rows_k):
+                            k_vec[a] = ks[tau, ty * rows_k + a]
+                        for b in T.vectorized(cols_m):
+                            w_vec[b] = w[tau, tx * cols_m + b]
                         for a in T.unroll(rows_k):
                             for b in T.unroll(cols_m):
-                                if ty + TY * a < K and tx + TX * b < M:
-                                    dk[a, b] = dk[a, b] + T.Cast("float32", ks[tau, ty + TY * a]) * w[tau, tx + TX * b]
+                                dk[a, b] = dk[a, b] + T.Cast("float32", k_vec[a]) * w_vec[b]
                     for a in T.unroll(rows_k):
                         for b in T.unroll(cols_m):
-                            if ty + TY * a < K and tx + TX * b < M:
+                            if ty * rows_k + a < K and tx * cols_m + b < M:
                                 if valid > 0:
-                                    chunk_k[c, h, ty + TY * a, tx + TX * b] = dk[a, b]
-                    # dR = w^T v': rows m = ty + 16 a, columns e = tx + 16 b
+                                    chunk_k[c, h, ty * rows_k + a, tx * cols_m + b] = dk[a, b]
+                    # dR = w^T v': rows m = ty * rows_m + a, columns e = tx * cols_v + b
                     for a in T.unroll(rows_m):
                         for b in T.unroll(cols_v):
                             dv[a, b] = T.float32(0)
                     for tau in T.serial(C):
+                        for a in T.vectorized(rows_m):
+                            w_vec[a] = w[tau, ty * rows_m + a]
+                        for b in T.vectorized(cols_v):
+                            v_vec[b] = vs[tau, tx * cols_v + b]
                         for a in T.unroll(rows_m):
                             for b in T.unroll(cols_v):
-                                if ty + TY * a < M and tx + TX * b < V:
-                                    dv[a, b] = dv[a, b] + w[tau, ty + TY * a] * T.Cast("float32", vs[tau, tx + TX * b])
+                                dv[a, b] = dv[a, b] + w_vec[a] * T.Cast("float32", v_vec[b])
                     for a in T.unroll(rows_m):
                         for b in T.unroll(cols_v):
-                            if ty + TY * a < M and tx + TX * b < V:
+                            if ty * rows_m + a < M and tx * cols_v + b < V:
                                 if valid > 0:
-                                    chunk_v[c, h, ty + TY * a, tx + TX * b] = dv[a, b]
+                                    chunk_v[c, h, ty * rows_m + a, tx * cols_v + b] = dv[a, b]
 
     return func

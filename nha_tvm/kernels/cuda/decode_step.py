@@ -5,7 +5,7 @@ mapping written out, like TVM's own LLM decode kernels, so no schedule is needed
 owns hk[b, h], hv[b, h] and the ring entries ring_*[b, :, h]; no other block touches them, so
 the only datum shared between blocks is pos[b], which a second kernel advances afterwards.
 
-256 threads (tx) per block, in phases separated by block barriers:
+512 threads (tx) per block (256 for GQA groups above 4), in phases separated by block barriers:
 
 1. The first batch of the slot states is loaded into registers (it does not depend on the
    step), then what the step reads more than once is staged in shared memory: the leaving
@@ -33,8 +33,9 @@ the only datum shared between blocks is pos[b], which a second kernel advances a
 
 Shared memory: the states, K*M + M*V floats (64 KB at K=V=128, M=64), are dynamic shared
 memory (TVM raises the launch limit above 48 KB); the small buffers are static, 6.4 KB at that
-shape plus 4.5 KB per further query head of a group (so at most 10 per kv head). Three blocks
-fit on an SM there (64 registers per thread). TVM's barrier planner cannot put a barrier inside
+shape plus about 7 KB per further query head of a group with 512 threads, 4.5 KB with 256 (so
+at most 10 per kv head). Two blocks fit on an SM there (64 registers per thread, ptxas).
+TVM's barrier planner cannot put a barrier inside
 a branch: no branch below reads shared memory and then writes it in a later statement.
 """
 
@@ -44,10 +45,10 @@ import operator
 
 from tvm.script import tirx as T
 
-from .layout import THREADS, ceil_div
+from .layout import ceil_div
+
 
 TILE_KEYS = 64  # window keys per tile
-KEY_PARTS = THREADS // TILE_KEYS  # threads per window key in the logit dot products
 STATE_BATCH = 16  # state elements per thread loaded before they are updated (registers)
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
 
@@ -73,6 +74,10 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
         raise ValueError(f"need HQ % H == 0, K and V even, M >= 1; got HQ={HQ} H={H} K={K} V={V} M={M}")
     group = HQ // H
     half = K // 2
+    # more threads share the fixed latency of a step's phases; a large GQA group keeps 256
+    # so that its per-head buffers fit the 48 KB of static shared memory
+    THREADS = 512 if group <= 4 else 256
+    KEY_PARTS = THREADS // TILE_KEYS  # threads per window key in the logit dot products
     pairs_per_part = ceil_div(half, KEY_PARTS)
     # read-out: value_parts threads per value column, each over every value_parts-th slot / key
     value_lanes = min(V, THREADS)
