@@ -81,10 +81,9 @@ def nha_decode(q, k, v, g, cache: NHACache, s=None, scale=None, rope_theta=None)
         raise ValueError(f"q has HQ = {HQ} heads, which must be a multiple of the cache's H = {H}")
     check_scalars(scale, rope_theta, K)
     check_common(q, k, v, g, s, s_layout="[B, H, M] (like g)", cache_ring=cache.ring_k)
-    if s is None:
-        s = -torch.expm1(g)
+    # s None: the kernel takes the default 1 - exp(g) itself (no extra kernel per step)
     return torch.ops.nha.decode(
-        q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), s.contiguous(),
+        q.contiguous(), k.contiguous(), v.contiguous(), g.contiguous(), None if s is None else s.contiguous(),
         cache.hk, cache.hv, cache.ring_k, cache.ring_v, cache.ring_g, cache.ring_s,
         cache.positions, cache.window, float(K ** -0.5 if scale is None else scale),
         None if rope_theta is None else float(rope_theta))

@@ -119,11 +119,12 @@ def _(q, k, v, g, s, cu_seqlens, h0k, h0v, window, scale, rope_theta):
 
 @torch.library.custom_op("nha::decode", device_types=("cpu", "cuda"),
                          mutates_args=("hk", "hv", "ring_k", "ring_v", "ring_g", "ring_s", "pos"))
-def decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, hk: Tensor, hv: Tensor,
+def decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], hk: Tensor, hv: Tensor,
            ring_k: Tensor, ring_v: Tensor, ring_g: Tensor, ring_s: Tensor, pos: Tensor,
            window: int, scale: float, rope_theta: Optional[float]) -> Tensor:
-    """One token per sequence: q [B, HQ, K], k [B, H, K], v [B, H, V], g and s [B, H, M];
-    updates the cache tensors in place and returns o [B, HQ, V]."""
+    """One token per sequence: q [B, HQ, K], k [B, H, K], v [B, H, V], g and s [B, H, M] (s None:
+    1 - exp(g), computed in the kernel); updates the cache tensors in place and returns o
+    [B, HQ, V]."""
     B, HQ, K = q.shape
     H, V, M = k.shape[1], v.shape[2], g.shape[2]
     o = new_output(B, HQ, V, dtype=q.dtype, device=q.device)
@@ -131,8 +132,8 @@ def decode(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, hk: Tensor, hv
     name, params = decode_kernel(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
                                  gate_dtype=dtype_name(g.dtype), arch=arch)
     step = get_kernel(name, arch, length=B, window=window, **params)
-    step(q, k, v, g, s, hk, hv, ring_k, ring_v, ring_g, ring_s, pos, o, window, scale,
-         int(rope_theta is not None), 1.0 if rope_theta is None else rope_theta)
+    step(q, k, v, g, g if s is None else s, hk, hv, ring_k, ring_v, ring_g, ring_s, pos, o, window,
+         scale, int(rope_theta is not None), 1.0 if rope_theta is None else rope_theta, int(s is None))
     return o
 
 

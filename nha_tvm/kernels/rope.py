@@ -31,7 +31,7 @@ def rope(*, heads: int, K: int, io_dtype: str):
                     T.Cast("float32", -2 * vi) / T.float32(K) * T.log2(theta))
                 cos: T.let[T.float32] = T.cos(angle)
                 sin: T.let[T.float32] = T.sin(angle)
-                for h in T.serial(heads):
+                for h in T.unroll(heads):  # every head's loads in flight together
                     out[vt, h, vi] = T.Cast(io_dtype, T.Cast("float32", x[vt, h, vi]) * cos
                                             - T.Cast("float32", x[vt, h, vi + half]) * sin)
                     out[vt, h, vi + half] = T.Cast(io_dtype, T.Cast("float32", x[vt, h, vi + half]) * cos

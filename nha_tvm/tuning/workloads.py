@@ -66,7 +66,7 @@ class Workload:
         p, T, W = self.param_dict, self.length, self.window
         if self.is_decode:
             return {"B": T, "R": max(W, 1)}, {"window": W, "scale": p["K"] ** -0.5,
-                                              "use_rope": 1, "theta": ROPE_THETA}
+                                              "use_rope": 1, "theta": ROPE_THETA, "s_from_g": 0}
         sizes = {"total": T}
         if self.kernel in CHUNK_TABLES:
             sizes.update(N=1, bounds=2, NC=T // p["C"] + 1)

@@ -45,6 +45,7 @@ import operator
 
 from tvm.script import tirx as T
 
+from ..decode_step import write_strength
 from .layout import ceil_div
 
 
@@ -69,7 +70,7 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
     """Build the decode step; arguments as ``nha_tvm.kernels.decode_step.decode_step``: q
     [B, HQ, K], k [B, H, K], v [B, H, V], g and s [B, H, M], the cache (hk, hv, ring_k
     [B, R, H, K], ring_v [B, R, H, V], ring_g and ring_s [B, R, H, M], pos [B] int32), the
-    output o [B, HQ, V], then window, scale, use_rope, theta."""
+    output o [B, HQ, V], then window, scale, use_rope, theta, s_from_g."""
     if HQ % H or K % 2 or V % 2 or M < 1:
         raise ValueError(f"need HQ % H == 0, K and V even, M >= 1; got HQ={HQ} H={H} K={K} V={V} M={M}")
     group = HQ // H
@@ -126,7 +127,7 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
         q_h: T.handle, k_h: T.handle, v_h: T.handle, g_h: T.handle, s_h: T.handle,
         hk_h: T.handle, hv_h: T.handle, ring_k_h: T.handle, ring_v_h: T.handle,
         ring_g_h: T.handle, ring_s_h: T.handle, pos_h: T.handle, o_h: T.handle,
-        window: T.int32, scale: T.float32, use_rope: T.int32, theta: T.float32,
+        window: T.int32, scale: T.float32, use_rope: T.int32, theta: T.float32, s_from_g: T.int32,
     ):
         T.func_attr({"global_symbol": "decode_step_cuda", "tirx.noalias": True,
                      "nha.kernel": "decode_step_cuda"})
@@ -218,7 +219,7 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
                                 strength_s[j * THREADS + tx] = T.float32(0)
                             elif window == 0:
                                 decay_s[j * THREADS + tx] = T.exp(T.Cast("float32", g[b, h, j * THREADS + tx]))
-                                strength_s[j * THREADS + tx] = T.Cast("float32", s[b, h, j * THREADS + tx])
+                                strength_s[j * THREADS + tx] = write_strength(s[b, h, j * THREADS + tx], g[b, h, j * THREADS + tx], s_from_g)
                             else:
                                 decay_s[j * THREADS + tx] = T.exp(ring_g[b, entry, h, j * THREADS + tx])
                                 strength_s[j * THREADS + tx] = ring_s[b, entry, h, j * THREADS + tx]
@@ -273,7 +274,7 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
                         for j in T.unroll(ceil_div(M, THREADS)):
                             if j * THREADS + tx < M:
                                 ring_g[b, entry, h, j * THREADS + tx] = T.Cast("float32", g[b, h, j * THREADS + tx])
-                                ring_s[b, entry, h, j * THREADS + tx] = T.Cast("float32", s[b, h, j * THREADS + tx])
+                                ring_s[b, entry, h, j * THREADS + tx] = write_strength(s[b, h, j * THREADS + tx], g[b, h, j * THREADS + tx], s_from_g)
                     # the states stream through in batches of registers; with decay 1 and zero
                     # inputs (no token leaves) a state passes through exactly
                     for batch in T.unroll(state_batches):
