@@ -22,6 +22,18 @@ in separate loops: TVM plans barriers conservatively across the merged dynamic s
 and a store between two reads would cost a barrier each. With 16-bit inputs the key and value
 matmuls (Q k'^T, X v', the window's Q K^T and P V) run on tensor cores through WMMA, each
 warp taking whole 16 x 16 output tiles.
+
+With 16-bit inputs the slot path runs there too (``slots_on_tensor_cores``): the chunk-start
+states come in the input dtype, so Q S_c and (P exp(G)) R_c are WMMA matmuls, and the
+intra-chunk terms are split by 16-token sub-blocks. For t in sub-block i and tau in an earlier
+one, with rho_i = 16 i - 1 the last token before sub-block i (tau <= rho_i < t),
+
+    exp(G_t - G_tau) = exp(G_t - G_rho_i) * exp(G_rho_i - G_tau)        both factors <= 1
+
+so with U_i[tau, m] = s'_tau[m] exp(G_rho_i[m] - G_tau[m]) the logit term is
+exp(G_t - G_rho_i) * (X U_i)[t] and the read-out weight is ((P exp(G_t - G_rho_i)) U_i^T)[t, tau]:
+matmuls. Only the four diagonal 16 x 16 blocks keep the pairwise decays (where a factor
+through a reference point could overflow for strong gates).
 """
 
 import functools
