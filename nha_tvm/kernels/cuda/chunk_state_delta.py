@@ -20,6 +20,19 @@ from tvm.script import tirx as T
 from .layout import THREADS, TX, TY, ceil_div
 
 
+@T.macro
+def stage_shifted(tile, src, width, row, start, p0, valid, window, h, tid):
+    """The chunk's shifted tokens src_{tau - W} ([C, width]) into ``tile`` [C, row]: zeros
+    before W, past the chunk's end and in the padding columns (read by the vector loads)."""
+    for j in T.unroll(ceil_div(tile.shape[0] * row, THREADS)):
+        if j * THREADS + tid < tile.shape[0] * row:
+            if (j * THREADS + tid) // row < valid and p0 + (j * THREADS + tid) // row >= window and (j * THREADS + tid) % row < width:
+                tile[(j * THREADS + tid) // row, (j * THREADS + tid) % row] = src[
+                    start + p0 + (j * THREADS + tid) // row - window, h, (j * THREADS + tid) % row]
+            else:
+                tile[(j * THREADS + tid) // row, (j * THREADS + tid) % row] = T.Cast(tile.dtype, 0)
+
+
 def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str):
     """Arguments: k [total, H, K], v [total, H, V], s [total, H, M], gcum [total, H, M]
     (float32 gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], chunk_seq
@@ -75,22 +88,8 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     last: T.let[T.int32] = start + p0 + T.max(valid, 1) - 1
                     # stage the shifted tokens k'_tau = k_{tau - W} (zero before W / past the end)
                     # (padding columns are zeros: the vector loads below read them)
-                    for j in T.unroll(ceil_div(C * k_row, THREADS)):
-                        if j * THREADS + tid < C * k_row:
-                            r: T.let[T.int32] = (j * THREADS + tid) // k_row
-                            i: T.let[T.int32] = (j * THREADS + tid) % k_row
-                            if r < valid and p0 + r >= window and i < K:
-                                ks[r, i] = k[start + p0 + r - window, h, i]
-                            else:
-                                ks[r, i] = T.Cast(kv_dtype, 0)
-                    for j in T.unroll(ceil_div(C * v_row, THREADS)):
-                        if j * THREADS + tid < C * v_row:
-                            r: T.let[T.int32] = (j * THREADS + tid) // v_row
-                            e: T.let[T.int32] = (j * THREADS + tid) % v_row
-                            if r < valid and p0 + r >= window and e < V:
-                                vs[r, e] = v[start + p0 + r - window, h, e]
-                            else:
-                                vs[r, e] = T.Cast(kv_dtype, 0)
+                    stage_shifted(ks, k, K, k_row, start, p0, valid, window, h, tid)
+                    stage_shifted(vs, v, V, v_row, start, p0, valid, window, h, tid)
                     for j in T.unroll(ceil_div(C * w_row, THREADS)):
                         if j * THREADS + tid < C * w_row:
                             r: T.let[T.int32] = (j * THREADS + tid) // w_row
