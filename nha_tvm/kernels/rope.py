@@ -21,20 +21,23 @@ def rope(*, heads: int, K: int, io_dtype: str):
         # a thread per (token, rotation pair), over every head: the angle depends on the
         # position and the pair alone, so each costs one exp2 (theta^(-2i/K) =
         # 2^(-2i/K log2 theta)) and one sin/cos for all the heads, and the kernel is bound
-        # by memory, not by the accurate sin/cos of large angles
+        # by memory, not by the accurate sin/cos of large angles. The sin/cos are kept in a
+        # register buffer: TVM substitutes let-bound values at their uses, and nvcc then
+        # calls sinf/cosf again for every head
         for t, i in T.grid(total, half):
             with T.sblock("rope"):
                 vt, vi = T.axis.remap("SS", [t, i])
                 T.reads(x[vt, 0:heads, vi:vi + half + 1], pos[vt])
                 T.writes(out[vt, 0:heads, vi:vi + half + 1])
+                trig = T.sblock_alloc_buffer((2,), "float32", scope="local")  # cos, sin
                 angle: T.let[T.float32] = T.Cast("float32", pos[vt]) * T.exp2(
                     T.Cast("float32", -2 * vi) / T.float32(K) * T.log2(theta))
-                cos: T.let[T.float32] = T.cos(angle)
-                sin: T.let[T.float32] = T.sin(angle)
+                trig[0] = T.cos(angle)
+                trig[1] = T.sin(angle)
                 for h in T.unroll(heads):  # every head's loads in flight together
-                    out[vt, h, vi] = T.Cast(io_dtype, T.Cast("float32", x[vt, h, vi]) * cos
-                                            - T.Cast("float32", x[vt, h, vi + half]) * sin)
-                    out[vt, h, vi + half] = T.Cast(io_dtype, T.Cast("float32", x[vt, h, vi + half]) * cos
-                                                   + T.Cast("float32", x[vt, h, vi]) * sin)
+                    out[vt, h, vi] = T.Cast(io_dtype, T.Cast("float32", x[vt, h, vi]) * trig[0]
+                                            - T.Cast("float32", x[vt, h, vi + half]) * trig[1])
+                    out[vt, h, vi + half] = T.Cast(io_dtype, T.Cast("float32", x[vt, h, vi + half]) * trig[0]
+                                                   + T.Cast("float32", x[vt, h, vi]) * trig[1])
 
     return func
