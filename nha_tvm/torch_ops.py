@@ -23,6 +23,12 @@ def new_output(*shape, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty(*shape, dtype=dtype, device=device)
 
 
+def _aligned(x: Tensor, bytes_: int = 16) -> Tensor:
+    """x itself, or a copy when its data does not start on a ``bytes_`` boundary (a view at an
+    odd storage offset): the chunked CUDA kernels read 16-byte vectors."""
+    return x if x.data_ptr() % bytes_ == 0 else x.clone()
+
+
 def _chunk_metadata(cu: Tensor, total: int, chunk: int):
     """Per sequence the index of its first chunk, and per chunk its sequence (N for the
     padding chunks of the upper bound total // chunk + N, which the kernel skips)."""
@@ -88,6 +94,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     else:
         q_rot, k_rot = q3, k3
     if "gates" in plan:  # the chunked algorithm (kernel_plan)
+        q3, k3, v3, q_rot, k_rot = (_aligned(x) for x in (q3, k3, v3, q_rot, k_rot))
         gcum = new_output(total, H, M, dtype=torch.float32, device=dev)
         kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, window)
         delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)

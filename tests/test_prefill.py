@@ -54,6 +54,25 @@ def test_head_dims_of_real_models(device, dtype, tol, K, V, M, W):
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+def test_inputs_at_an_odd_storage_offset(device, dtype, tol):
+    """Contiguous views whose data starts off any vector boundary (the tensor-core path reads
+    16-byte vectors) give the same result as the reference."""
+    B, T, HQ, H, K, V, M, W = 1, 150, 2, 2, 64, 64, 32, 40
+    q, k, v, g, _ = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype)
+
+    def shifted(x):  # the same values, one element into a larger buffer
+        buffer = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
+        view = buffer[1:].view(x.shape)
+        view.copy_(x)
+        return view
+    q1, k1, v1 = shifted(q), shifted(k), shifted(v)
+    assert q1.data_ptr() % 16 != 0 and q1.is_contiguous()
+    o, _ = nha_tvm.nha_attention(q1, k1, v1, g, window=W, rope_theta=10000.0)
+    ref, _ = nha_reference(q, k, v, g, window=W, rope_theta=10000.0)
+    assert rel_err(o, ref) <= tol
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
 def test_initial_state_and_explicit_s(device, dtype, tol):
     check(device, dtype, tol, B=2, T=90, HQ=2, H=2, K=8, V=12, M=4, W=7, with_s=True, initial=True)
 

@@ -129,6 +129,39 @@ def sub_block_pairs_matmul(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, 
             out_ld, "row_major")
 
 
+VEC = 8  # 16-bit elements per 16-byte vector load
+
+
+def vector_row(j, tid, rows, width):
+    """The row of the j-th vector a thread stages of a [rows, width] tile (clamped: threads
+    past the end repeat the last vector)."""
+    return T.min(j * THREADS + tid, rows * width // VEC - 1) // (width // VEC)
+
+
+def vector_col(j, tid, rows, width):
+    """The first column of that vector."""
+    return T.min(j * THREADS + tid, rows * width // VEC - 1) % (width // VEC) * VEC
+
+
+@T.macro
+def stage_rows(tile, row_stride, rows, src, base, r_min, r_max, hd, width, total, vec, tid):
+    """tile[r * row_stride + e] = src[base + r, hd, e] for r_min <= r < r_max, else 0 (r < rows,
+    e < width), in 16-byte vectors: every load first, from a clamped row into the registers
+    ``vec``, so a thread's loads are in flight together; rows out of range are zeroed in
+    registers, and no shared-memory store sits under a branch."""
+    for j in T.unroll(ceil_div(rows * width // VEC, THREADS)):
+        for e in T.vectorized(VEC):
+            vec[j * VEC + e] = src[T.max(T.min(base + vector_row(j, tid, rows, width), total - 1), 0), hd,
+                                   vector_col(j, tid, rows, width) + e]
+    for j in T.unroll(ceil_div(rows * width // VEC, THREADS)):
+        if vector_row(j, tid, rows, width) < r_min or vector_row(j, tid, rows, width) >= r_max:
+            for e in T.vectorized(VEC):
+                vec[j * VEC + e] = T.Cast(vec.dtype, 0)
+    for j in T.unroll(ceil_div(rows * width // VEC, THREADS)):
+        for e in T.vectorized(VEC):
+            tile[vector_row(j, tid, rows, width) * row_stride + vector_col(j, tid, rows, width) + e] = vec[j * VEC + e]
+
+
 def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
     """The key and value matmuls run on tensor cores (WMMA 16 x 16 x 16, fp32 accumulate) for
     16-bit inputs whose tiles divide evenly among the warps; fp32 inputs stay on CUDA cores."""
@@ -284,6 +317,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     g_col = T.sblock_alloc_buffer((max(cols_m, cols_c),), "float32", scope="local")
                     u_vals = T.sblock_alloc_buffer((max(ceil_div(u_rows * M, THREADS), 1),), "float32", scope="local")
                     pe_vals = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
+                    # a thread's share of a [C, K or V] tile in 16-byte vectors (tensor cores)
+                    stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if tensor_cores else (1,), io_dtype, scope="local")
                     c: T.let[T.int32] = bx // HQ
                     hq: T.let[T.int32] = bx % HQ
                     h: T.let[T.int32] = hq // group
@@ -301,17 +336,22 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     # (staging loops clamp their index instead of branching: a few threads
                     # store the same value twice, and no store sits under a condition, where
                     # TVM could not place the barrier a later reuse of the buffer needs)
-                    for j in T.unroll(ceil_div(C * K, THREADS)):
-                        r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
-                        i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
-                        qs[r * q_row + i] = T.if_then_else(r < valid, q[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
-                        ks[r * key_row + i] = T.if_then_else(r < valid and p0 + r >= window,
-                                                             T.Cast(key_dtype, k[start + p0 + r - window, h, i]), T.Cast(key_dtype, 0))
-                    for j in T.unroll(ceil_div(C * V, THREADS)):
-                        r: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) // V
-                        e: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) % V
-                        vs[r * v_row + e] = T.if_then_else(r < valid and p0 + r >= window,
-                                                  v[start + p0 + r - window, h, e], T.Cast(io_dtype, 0))
+                    if tensor_cores:
+                        stage_rows(qs, q_row, C, q, start + p0, 0, valid, hq, K, total, stage_vec, tid)
+                        stage_rows(ks, key_row, C, k, start + p0 - window, window - p0, valid, h, K, total, stage_vec, tid)
+                        stage_rows(vs, v_row, C, v, start + p0 - window, window - p0, valid, h, V, total, stage_vec, tid)
+                    else:
+                        for j in T.unroll(ceil_div(C * K, THREADS)):
+                            r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
+                            i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
+                            qs[r * q_row + i] = T.if_then_else(r < valid, q[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
+                            ks[r * key_row + i] = T.if_then_else(r < valid and p0 + r >= window,
+                                                                 T.Cast(key_dtype, k[start + p0 + r - window, h, i]), T.Cast(key_dtype, 0))
+                        for j in T.unroll(ceil_div(C * V, THREADS)):
+                            r: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) // V
+                            e: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) % V
+                            vs[r * v_row + e] = T.if_then_else(r < valid and p0 + r >= window,
+                                                      v[start + p0 + r - window, h, e], T.Cast(io_dtype, 0))
                     for j in T.unroll(ceil_div(C * M, THREADS)):
                         r: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) // M
                         m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
@@ -511,22 +551,29 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                         acc_v[a, b] = acc_v[a, b] + xs[(ty + TY * a) * x_row + tau] * T.Cast("float32", vs[tau * v_row + tx + TX * b])
 
                     # ---- window keys j in (p_t - W, p_t], RoPE'd, in tiles of C keys ----
-                    for j in T.unroll(ceil_div(C * K, THREADS)):
-                        r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
-                        i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
-                        qs[r * q_row + i] = T.if_then_else(r < valid, qr[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
                     lo: T.let[T.int32] = T.max(0, p0 - window + 1)  # first key any row can see
-                    for kt in T.serial(T.if_then_else(window > 0 and valid > 0, (p0 + valid - lo + C - 1) // C, 0)):
+                    if tensor_cores:
+                        stage_rows(qs, q_row, C, qr, start + p0, 0, valid, hq, K, total, stage_vec, tid)
+                    else:
                         for j in T.unroll(ceil_div(C * K, THREADS)):
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
                             i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
-                            ks[r * key_row + i] = T.if_then_else(lo + kt * C + r < p0 + valid,
-                                                                 T.Cast(key_dtype, kr[start + lo + kt * C + r, h, i]), T.Cast(key_dtype, 0))
-                        for j in T.unroll(ceil_div(C * V, THREADS)):
-                            r: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) // V
-                            e: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) % V
-                            vs[r * v_row + e] = T.if_then_else(lo + kt * C + r < p0 + valid,
-                                                      v[start + lo + kt * C + r, h, e], T.Cast(io_dtype, 0))
+                            qs[r * q_row + i] = T.if_then_else(r < valid, qr[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
+                    for kt in T.serial(T.if_then_else(window > 0 and valid > 0, (p0 + valid - lo + C - 1) // C, 0)):
+                        if tensor_cores:
+                            stage_rows(ks, key_row, C, kr, start + lo + kt * C, 0, p0 + valid - lo - kt * C, h, K, total, stage_vec, tid)
+                            stage_rows(vs, v_row, C, v, start + lo + kt * C, 0, p0 + valid - lo - kt * C, h, V, total, stage_vec, tid)
+                        else:
+                            for j in T.unroll(ceil_div(C * K, THREADS)):
+                                r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
+                                i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
+                                ks[r * key_row + i] = T.if_then_else(lo + kt * C + r < p0 + valid,
+                                                                     T.Cast(key_dtype, kr[start + lo + kt * C + r, h, i]), T.Cast(key_dtype, 0))
+                            for j in T.unroll(ceil_div(C * V, THREADS)):
+                                r: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) // V
+                                e: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) % V
+                                vs[r * v_row + e] = T.if_then_else(lo + kt * C + r < p0 + valid,
+                                                          v[start + lo + kt * C + r, h, e], T.Cast(io_dtype, 0))
                         if tensor_cores:
                             warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
                             for a in T.unroll(rows):
