@@ -18,19 +18,20 @@ output, so that per token a thread reads its rows and its columns as one vector 
 from tvm.script import tirx as T
 
 from .layout import THREADS, TX, TY, ceil_div
+from .staging import VEC, stage_rows
 
 
 @T.macro
 def stage_shifted(tile, src, width, row, start, p0, valid, window, h, tid):
-    """The chunk's shifted tokens src_{tau - W} ([C, width]) into ``tile`` [C, row]: zeros
-    before W, past the chunk's end and in the padding columns (read by the vector loads)."""
-    for j in T.unroll(ceil_div(tile.shape[0] * row, THREADS)):
-        if j * THREADS + tid < tile.shape[0] * row:
+    """The chunk's shifted tokens src_{tau - W} ([C, width]) into ``tile`` (flat [C, row]):
+    zeros before W, past the chunk's end and in the padding columns (read by the vector loads
+    below), an element a thread at a time."""
+    for j in T.unroll(ceil_div(tile.shape[0], THREADS)):
+        if j * THREADS + tid < tile.shape[0]:
             if (j * THREADS + tid) // row < valid and p0 + (j * THREADS + tid) // row >= window and (j * THREADS + tid) % row < width:
-                tile[(j * THREADS + tid) // row, (j * THREADS + tid) % row] = src[
-                    start + p0 + (j * THREADS + tid) // row - window, h, (j * THREADS + tid) % row]
+                tile[j * THREADS + tid] = src[start + p0 + (j * THREADS + tid) // row - window, h, (j * THREADS + tid) % row]
             else:
-                tile[(j * THREADS + tid) // row, (j * THREADS + tid) % row] = T.Cast(tile.dtype, 0)
+                tile[j * THREADS + tid] = T.Cast(tile.dtype, 0)
 
 
 def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str):
@@ -41,6 +42,8 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     # shared rows padded to whole vectors, so every thread's vector stays in bounds
     k_row, m_row, v_row = TY * rows_k, TY * rows_m, TX * cols_v
     w_row = max(TX * cols_m, m_row)
+    # 16-bit rows without padding are staged in 16-byte vectors (``staging``)
+    vector_staging = kv_dtype in ("bfloat16", "float16") and k_row == K and v_row == V
 
     @T.prim_func(s_tir=True)
     def func(k_h: T.handle, v_h: T.handle, s_h: T.handle, gcum_h: T.handle, cu_h: T.handle,
@@ -67,8 +70,9 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     T.reads(k[0:total, 0:H, 0:K], v[0:total, 0:H, 0:V], s[0:total, 0:H, 0:M],
                             gcum[0:total, 0:H, 0:M], cu[0:bounds], choff[0:bounds], chseq[0:NC])
                     T.writes(chunk_k[0:NC, 0:H, 0:K, 0:M], chunk_v[0:NC, 0:H, 0:M, 0:V])
-                    ks = T.sblock_alloc_buffer((C, k_row), kv_dtype, scope="shared.dyn")
-                    vs = T.sblock_alloc_buffer((C, v_row), kv_dtype, scope="shared.dyn")
+                    ks = T.sblock_alloc_buffer((C * k_row,), kv_dtype, scope="shared.dyn")
+                    vs = T.sblock_alloc_buffer((C * v_row,), kv_dtype, scope="shared.dyn")
+                    stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if vector_staging else (1,), kv_dtype, scope="local")
                     w = T.sblock_alloc_buffer((C, w_row), "float32", scope="shared.dyn")
                     dk = T.sblock_alloc_buffer((rows_k, cols_m), "float32", scope="local")
                     dv = T.sblock_alloc_buffer((rows_m, cols_v), "float32", scope="local")
@@ -88,8 +92,12 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     last: T.let[T.int32] = start + p0 + T.max(valid, 1) - 1
                     # stage the shifted tokens k'_tau = k_{tau - W} (zero before W / past the end)
                     # (padding columns are zeros: the vector loads below read them)
-                    stage_shifted(ks, k, K, k_row, start, p0, valid, window, h, tid)
-                    stage_shifted(vs, v, V, v_row, start, p0, valid, window, h, tid)
+                    if vector_staging:
+                        stage_rows(ks, k_row, C, k, start + p0 - window, window - p0, valid, h, K, total, stage_vec, tid)
+                        stage_rows(vs, v_row, C, v, start + p0 - window, window - p0, valid, h, V, total, stage_vec, tid)
+                    else:
+                        stage_shifted(ks, k, K, k_row, start, p0, valid, window, h, tid)
+                        stage_shifted(vs, v, V, v_row, start, p0, valid, window, h, tid)
                     for j in T.unroll(ceil_div(C * w_row, THREADS)):
                         if j * THREADS + tid < C * w_row:
                             r: T.let[T.int32] = (j * THREADS + tid) // w_row
@@ -106,7 +114,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                             dk[a, b] = T.float32(0)
                     for tau in T.serial(C):
                         for a in T.vectorized(rows_k):
-                            k_vec[a] = ks[tau, ty * rows_k + a]
+                            k_vec[a] = ks[tau * k_row + ty * rows_k + a]
                         for b in T.vectorized(cols_m):
                             w_vec[b] = w[tau, tx * cols_m + b]
                         for a in T.unroll(rows_k):
@@ -125,7 +133,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         for a in T.vectorized(rows_m):
                             w_vec[a] = w[tau, ty * rows_m + a]
                         for b in T.vectorized(cols_v):
-                            v_vec[b] = vs[tau, tx * cols_v + b]
+                            v_vec[b] = vs[tau * v_row + tx * cols_v + b]
                         for a in T.unroll(rows_m):
                             for b in T.unroll(cols_v):
                                 dv[a, b] = dv[a, b] + w_vec[a] * T.Cast("float32", v_vec[b])
