@@ -26,6 +26,12 @@ KERNELS = [
     ("chunk_attend_cuda", dict(HQ=4, H=2, K=16, V=24, M=8, C=64, io_dtype="float32", gate_dtype="float32")),
     ("decode_step_cuda", dict(SHAPES, io_dtype="bfloat16", gate_dtype="float32")),
     ("decode_step_cuda", dict(HQ=4, H=2, K=32, V=16, M=16, io_dtype="float32", gate_dtype="float32")),
+    # head and slot sizes whose 16-blocks are odd (no vector type for a thread's run), tensor
+    # cores for the keys but not the slots, and a GQA group that keeps 256 decode threads
+    ("chunk_state_delta", dict(H=4, K=80, V=112, M=48, C=64, kv_dtype="bfloat16", gate_dtype="float32")),
+    ("chunk_attend_cuda", dict(HQ=4, H=4, K=80, V=80, M=48, C=64, io_dtype="bfloat16", gate_dtype="float32")),
+    ("chunk_attend_cuda", dict(HQ=4, H=2, K=64, V=64, M=16, C=64, io_dtype="float16", gate_dtype="float32")),
+    ("decode_step_cuda", dict(HQ=32, H=4, K=128, V=128, M=64, io_dtype="bfloat16", gate_dtype="float32")),
 ]
 
 

@@ -34,6 +34,14 @@ def stage_shifted(tile, src, width, row, start, p0, valid, window, h, tid):
                 tile[j * THREADS + tid] = T.Cast(tile.dtype, 0)
 
 
+def vector_or_unrolled(lanes: int, dtype: str):
+    """A thread's run of ``lanes`` consecutive shared-memory elements is read as one vector
+    load where CUDA has that vector type (2, 4 or 8 lanes of at most 16 bytes), else element
+    by element (TVM rejects odd 16-bit and wide float32 vectors)."""
+    size = 4 if dtype == "float32" else 2
+    return T.vectorized if lanes in (2, 4, 8) and lanes * size <= 16 else T.unroll
+
+
 def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str):
     """Arguments: k [total, H, K], v [total, H, V], s [total, H, M], gcum [total, H, M]
     (float32 gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], chunk_seq
@@ -44,6 +52,8 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     w_row = max(TX * cols_m, m_row)
     # 16-bit rows without padding are staged in 16-byte vectors (``staging``)
     vector_staging = kv_dtype in ("bfloat16", "float16") and k_row == K and v_row == V
+    k_loop, w_loop_m, w_loop_r, v_loop = (vector_or_unrolled(n, dtype) for n, dtype in (
+        (rows_k, kv_dtype), (cols_m, "float32"), (rows_m, "float32"), (cols_v, kv_dtype)))
 
     @T.prim_func(s_tir=True)
     def func(k_h: T.handle, v_h: T.handle, s_h: T.handle, gcum_h: T.handle, cu_h: T.handle,
@@ -113,9 +123,9 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         for b in T.unroll(cols_m):
                             dk[a, b] = T.float32(0)
                     for tau in T.serial(C):
-                        for a in T.vectorized(rows_k):
+                        for a in k_loop(rows_k):
                             k_vec[a] = ks[tau * k_row + ty * rows_k + a]
-                        for b in T.vectorized(cols_m):
+                        for b in w_loop_m(cols_m):
                             w_vec[b] = w[tau, tx * cols_m + b]
                         for a in T.unroll(rows_k):
                             for b in T.unroll(cols_m):
@@ -130,9 +140,9 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         for b in T.unroll(cols_v):
                             dv[a, b] = T.float32(0)
                     for tau in T.serial(C):
-                        for a in T.vectorized(rows_m):
+                        for a in w_loop_r(rows_m):
                             w_vec[a] = w[tau, ty * rows_m + a]
-                        for b in T.vectorized(cols_v):
+                        for b in v_loop(cols_v):
                             v_vec[b] = vs[tau * v_row + tx * cols_v + b]
                         for a in T.unroll(rows_m):
                             for b in T.unroll(cols_v):

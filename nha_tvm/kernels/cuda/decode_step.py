@@ -13,7 +13,7 @@ the only datum shared between blocks is pos[b], which a second kernel advances a
    and zeros when no token leaves (t < W) -- the queries of the GQA group, raw and RoPE'd at t,
    and the RoPE frequencies. A barrier: every read of the leaving ring entry is done.
 2. The new token takes ring entry t % W. The states stream through once: thread tx owns the
-   flat elements j * 256 + tx of hk[b, h] and hv[b, h] (coalesced), loaded a batch of
+   flat elements j * THREADS + tx of hk[b, h] and hv[b, h] (coalesced), loaded a batch of
    registers at a time, updated (hk = hk exp(g) + k s^T, hv = hv exp(g) + s v^T), kept in
    shared memory for the read-out and written back to global memory when a token left.
 3. Read-out, all query heads of the group at once (states and window keys are read once):
@@ -22,9 +22,11 @@ the only datum shared between blocks is pos[b], which a second kernel advances a
    - one softmax over the M slots and the window, online: every thread derives the same
      running max from the logits in shared memory, so the partial sums of different threads
      add up without rescaling at the end;
-   - window keys in tiles of 64 (any window length): thread (key, part), 4 per key, takes
-     the pairs (i, i + K/2), i = part (mod 4), applies RoPE at the key's position and dots
-     them with the RoPE'd queries; the 4 partials meet in shared memory;
+   - window keys in tiles of 64 (any window length): thread (key, part), KEY_PARTS per key
+     (8 with 512 threads, 4 with 256), takes the pairs (i, i + K/2), i = part (mod
+     KEY_PARTS), applies RoPE at the key's position and dots them with the RoPE'd queries;
+     every key load is issued before any is used (clamped indices, no branch); the partials
+     meet in shared memory;
    - read-out: thread (part, e) accumulates o[e] over the slots and keys = part (mod parts)
      with e along the contiguous value axis (coalesced ring reads); a tile's values are
      loaded before its logits are computed, so the loads overlap;
@@ -32,11 +34,12 @@ the only datum shared between blocks is pos[b], which a second kernel advances a
 4. A second kernel advances pos (stream order puts it after every block of the first).
 
 Shared memory: the states, K*M + M*V floats (64 KB at K=V=128, M=64), are dynamic shared
-memory (TVM raises the launch limit above 48 KB); the small buffers are static, 6.4 KB at that
-shape plus about 7 KB per further query head of a group with 512 threads, 4.5 KB with 256 (so
-at most 10 per kv head). Two blocks fit on an SM there (64 registers per thread, ptxas).
-TVM's barrier planner cannot put a barrier inside
-a branch: no branch below reads shared memory and then writes it in a later statement.
+memory (TVM raises the launch limit above 48 KB); the small buffers are static, 9.5 KB at that
+shape with 512 threads (ptxas: 9,536 B) plus about 7.7 KB per further query head of a group,
+or 6.4 KB plus 4.5 KB a head with 256 threads (so at most 10 query heads per kv head). Two
+blocks fit on an SM there (64 registers per thread, ptxas). TVM's barrier planner cannot put a
+barrier inside a branch: no branch below reads shared memory and then writes it in a later
+statement.
 """
 
 import functools
