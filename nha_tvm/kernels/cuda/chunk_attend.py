@@ -43,7 +43,7 @@ from tvm.script import tirx as T
 
 from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
 from .staging import VEC, stage_rows
-from .wmma import warp_matmul
+from .wmma import warp_matmul, warp_tiles
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
@@ -77,57 +77,18 @@ def sub_block_offset(i):
 @T.macro
 def sub_block_rows_matmul(warp, fa, fb, fc, out, out_ld, x, x_ld, u, u_ld, sub_blocks, n_tiles):
     """out[t, n] = sum_{tau < 16 i} x[t, tau] u[off_i + tau, n] for the rows t of each
-    sub-block i (16 x 16 output tiles dealt out to the warps; sub-block 0 gets zeros)."""
-    for f in T.serial(sub_blocks * n_tiles // WARPS):
-        T.tvm_fill_fragment(fc.data, 16, 16, 16, 0, T.float32(0))
-        for kk in T.serial((warp * (sub_blocks * n_tiles // WARPS) + f) // n_tiles):
-            T.tvm_load_matrix_sync(
-                fa.data, 16, 16, 16, 0,
-                T.tvm_access_ptr(T.type_annotation(x.dtype), x.data,
-                                 ((warp * (sub_blocks * n_tiles // WARPS) + f) // n_tiles) * 16 * x_ld + kk * 16, 16 * x_ld, 1),
-                x_ld, "row_major")
-            T.tvm_load_matrix_sync(
-                fb.data, 16, 16, 16, 0,
-                T.tvm_access_ptr(T.type_annotation(u.dtype), u.data,
-                                 (sub_block_offset((warp * (sub_blocks * n_tiles // WARPS) + f) // n_tiles) + kk * 16) * u_ld
-                                 + ((warp * (sub_blocks * n_tiles // WARPS) + f) % n_tiles) * 16, 16 * u_ld, 1),
-                u_ld, "row_major")
-            T.tvm_mma_sync(fc.data, 0, fa.data, 0, fb.data, 0, fc.data, 0)
-        T.tvm_store_matrix_sync(
-            fc.data, 16, 16, 16, 0,
-            T.tvm_access_ptr(T.type_annotation("float32"), out.data,
-                             ((warp * (sub_blocks * n_tiles // WARPS) + f) // n_tiles) * 16 * out_ld
-                             + ((warp * (sub_blocks * n_tiles // WARPS) + f) % n_tiles) * 16, 16 * out_ld, 2),
-            out_ld, "row_major")
+    sub-block i (sub-block 0 gets zeros)."""
+    warp_tiles(warp, fa, fb, fc, out, out_ld, x, x_ld, u, u_ld, "row_major", sub_blocks, n_tiles,
+               lambda i, n: i, lambda i, n, kk: (sub_block_offset(i) + kk * 16) * u_ld + n * 16)
 
 
 @T.macro
 def sub_block_pairs_matmul(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, sub_blocks, k_tiles):
     """out[t, tau] = sum_m pe[t, m] u[off_i + tau, m] for t in sub-block i and tau in an
     earlier sub-block j (the 16 x 16 tile (i, j)); tiles with j >= i get zeros."""
-    for f in T.serial(sub_blocks * sub_blocks // WARPS):
-        T.tvm_fill_fragment(fc.data, 16, 16, 16, 0, T.float32(0))
-        for kk in T.serial(T.if_then_else(
-                (warp * (sub_blocks * sub_blocks // WARPS) + f) % sub_blocks
-                < (warp * (sub_blocks * sub_blocks // WARPS) + f) // sub_blocks, k_tiles, 0)):
-            T.tvm_load_matrix_sync(
-                fa.data, 16, 16, 16, 0,
-                T.tvm_access_ptr(T.type_annotation(pe.dtype), pe.data,
-                                 ((warp * (sub_blocks * sub_blocks // WARPS) + f) // sub_blocks) * 16 * pe_ld + kk * 16, 16 * pe_ld, 1),
-                pe_ld, "row_major")
-            T.tvm_load_matrix_sync(
-                fb_t.data, 16, 16, 16, 0,
-                T.tvm_access_ptr(T.type_annotation(u.dtype), u.data,
-                                 (sub_block_offset((warp * (sub_blocks * sub_blocks // WARPS) + f) // sub_blocks)
-                                  + ((warp * (sub_blocks * sub_blocks // WARPS) + f) % sub_blocks) * 16) * u_ld + kk * 16, 16 * u_ld, 1),
-                u_ld, "col_major")
-            T.tvm_mma_sync(fc.data, 0, fa.data, 0, fb_t.data, 0, fc.data, 0)
-        T.tvm_store_matrix_sync(
-            fc.data, 16, 16, 16, 0,
-            T.tvm_access_ptr(T.type_annotation("float32"), out.data,
-                             ((warp * (sub_blocks * sub_blocks // WARPS) + f) // sub_blocks) * 16 * out_ld
-                             + ((warp * (sub_blocks * sub_blocks // WARPS) + f) % sub_blocks) * 16, 16 * out_ld, 2),
-            out_ld, "row_major")
+    warp_tiles(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, "col_major", sub_blocks, sub_blocks,
+               lambda i, j: T.if_then_else(j < i, k_tiles, 0),
+               lambda i, j, kk: (sub_block_offset(i) + j * 16) * u_ld + kk * 16)
 
 
 def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
