@@ -125,6 +125,26 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
                 hv_regs[j] = hv[b, h, ((batch * state_batch + j) * THREADS + tx) // V,
                                 ((batch * state_batch + j) * THREADS + tx) % V]
 
+    @T.macro
+    def stage_leaving(dst, width, new, ring, leaves, window, b, h, entry, tx):
+        """The leaving token's row (ring entry ``entry``, or the new token when W = 0; zeros
+        when none leaves) into ``dst`` in float32."""
+        for j in T.unroll(ceil_div(width, THREADS)):
+            if j * THREADS + tx < width:
+                if leaves == 0:
+                    dst[j * THREADS + tx] = T.float32(0)
+                elif window == 0:
+                    dst[j * THREADS + tx] = T.Cast("float32", new[b, h, j * THREADS + tx])
+                else:
+                    dst[j * THREADS + tx] = T.Cast("float32", ring[b, entry, h, j * THREADS + tx])
+
+    @T.macro
+    def write_ring(ring, width, new, b, h, entry, tx):
+        """The new token's row into ring entry ``entry``."""
+        for j in T.unroll(ceil_div(width, THREADS)):
+            if j * THREADS + tx < width:
+                ring[b, entry, h, j * THREADS + tx] = new[b, h, j * THREADS + tx]
+
     @T.prim_func(s_tir=True)
     def func(
         q_h: T.handle, k_h: T.handle, v_h: T.handle, g_h: T.handle, s_h: T.handle,
@@ -226,22 +246,8 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
                             else:
                                 decay_s[j * THREADS + tx] = T.exp(ring_g[b, entry, h, j * THREADS + tx])
                                 strength_s[j * THREADS + tx] = ring_s[b, entry, h, j * THREADS + tx]
-                    for j in T.unroll(ceil_div(K, THREADS)):
-                        if j * THREADS + tx < K:
-                            if leaves == 0:
-                                leaving_k_s[j * THREADS + tx] = T.float32(0)
-                            elif window == 0:
-                                leaving_k_s[j * THREADS + tx] = T.Cast("float32", k[b, h, j * THREADS + tx])
-                            else:
-                                leaving_k_s[j * THREADS + tx] = T.Cast("float32", ring_k[b, entry, h, j * THREADS + tx])
-                    for j in T.unroll(ceil_div(V, THREADS)):
-                        if j * THREADS + tx < V:
-                            if leaves == 0:
-                                leaving_v_s[j * THREADS + tx] = T.float32(0)
-                            elif window == 0:
-                                leaving_v_s[j * THREADS + tx] = T.Cast("float32", v[b, h, j * THREADS + tx])
-                            else:
-                                leaving_v_s[j * THREADS + tx] = T.Cast("float32", ring_v[b, entry, h, j * THREADS + tx])
+                    stage_leaving(leaving_k_s, K, k, ring_k, leaves, window, b, h, entry, tx)
+                    stage_leaving(leaving_v_s, V, v, ring_v, leaves, window, b, h, entry, tx)
                     for j in T.unroll(ceil_div(half, THREADS)):
                         if j * THREADS + tx < half:
                             inv_freq_s[j * THREADS + tx] = T.pow(
@@ -268,12 +274,8 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
 
                     # ---- 2. the new token takes the freed ring entry; the slots take the leaving one ----
                     if window > 0:
-                        for j in T.unroll(ceil_div(K, THREADS)):
-                            if j * THREADS + tx < K:
-                                ring_k[b, entry, h, j * THREADS + tx] = k[b, h, j * THREADS + tx]
-                        for j in T.unroll(ceil_div(V, THREADS)):
-                            if j * THREADS + tx < V:
-                                ring_v[b, entry, h, j * THREADS + tx] = v[b, h, j * THREADS + tx]
+                        write_ring(ring_k, K, k, b, h, entry, tx)
+                        write_ring(ring_v, V, v, b, h, entry, tx)
                         for j in T.unroll(ceil_div(M, THREADS)):
                             if j * THREADS + tx < M:
                                 ring_g[b, entry, h, j * THREADS + tx] = T.Cast("float32", g[b, h, j * THREADS + tx])
