@@ -60,6 +60,24 @@ def stage_state_rows(state, src, c, h, first, rows, cols, tid):
 
 
 @T.macro
+def state_rows_matmul(acc, lhs, state, src, c, h, n_rows, n_cols, rows, cols, tx, tid):
+    """acc[a, b] = sum_r lhs(a, r) src[c, h, r, tx + TX b] on CUDA cores, the chunk-start state
+    ([n_rows, n_cols], float32) staged STATE_ROWS rows at a time; lhs(a, r) is the float32
+    left operand of the thread's row a."""
+    for a in T.unroll(rows):
+        for b in T.unroll(cols):
+            acc[a, b] = T.float32(0)
+    for r0 in T.serial(ceil_div(n_rows, STATE_ROWS)):
+        stage_state_rows(state, src, c, h, r0 * STATE_ROWS, n_rows, n_cols, tid)
+        for rr in T.serial(STATE_ROWS):
+            if r0 * STATE_ROWS + rr < n_rows:
+                for a in T.unroll(rows):
+                    for b in T.unroll(cols):
+                        if tx + TX * b < n_cols:
+                            acc[a, b] = acc[a, b] + lhs(a, r0 * STATE_ROWS + rr) * state[rr * n_cols + tx + TX * b]
+
+
+@T.macro
 def stage_state_whole(tile, src, c, h, rows, cols, row_stride, tid):
     """The whole chunk-start state src[c, h] ([rows, cols]) into ``tile`` with rows
     ``row_stride`` apart (clamped indices: a few threads store the last element twice)."""
@@ -299,17 +317,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         # R_c takes the tile: its loads overlap the intra-chunk work below
                         stage_state_whole(state16, chunk_v, c, h, M, V, v_row, tid)
                     else:
-                        for a in T.unroll(rows):
-                            for b in T.unroll(cols_m):
-                                acc_m[a, b] = T.float32(0)
-                        for i0 in T.serial(ceil_div(K, STATE_ROWS)):
-                            stage_state_rows(state, chunk_k, c, h, i0 * STATE_ROWS, K, M, tid)
-                            for ii in T.serial(STATE_ROWS):
-                                if i0 * STATE_ROWS + ii < K:
-                                    for a in T.unroll(rows):
-                                        for b in T.unroll(cols_m):
-                                            if tx + TX * b < M:
-                                                acc_m[a, b] = acc_m[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i0 * STATE_ROWS + ii]) * state[ii * M + tx + TX * b]
+                        state_rows_matmul(acc_m, lambda a, i: T.Cast("float32", qs[(ty + TY * a) * q_row + i]),
+                                          state, chunk_k, c, h, K, M, rows, cols_m, tx, tid)
                     # ---- intra-chunk part: X = Q k'^T (read only where tau <= t), then the
                     # pairwise decays ----
                     if tensor_cores:
@@ -456,17 +465,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             for b in T.unroll(cols_v):
                                 acc_v[a, b] = product[(ty + TY * a) * prod_row + tx + TX * b]
                     else:
-                        for a in T.unroll(rows):
-                            for b in T.unroll(cols_v):
-                                acc_v[a, b] = T.float32(0)
-                        for m0 in T.serial(ceil_div(M, STATE_ROWS)):
-                            stage_state_rows(state, chunk_v, c, h, m0 * STATE_ROWS, M, V, tid)
-                            for mm in T.serial(STATE_ROWS):
-                                if m0 * STATE_ROWS + mm < M:
-                                    for a in T.unroll(rows):
-                                        for b in T.unroll(cols_v):
-                                            if tx + TX * b < V:
-                                                acc_v[a, b] = acc_v[a, b] + ps[ty + TY * a, m0 * STATE_ROWS + mm] * state[mm * V + tx + TX * b]
+                        state_rows_matmul(acc_v, lambda a, m: ps[ty + TY * a, m],
+                                          state, chunk_v, c, h, M, V, rows, cols_v, tx, tid)
                     if tensor_cores:
                         warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                         for a in T.unroll(rows):
