@@ -55,7 +55,8 @@ def nha_attention(q, k, v, g, *, window, s=None, scale=None, rope_theta=None,
     h0k, h0v = (None, None) if initial_state is None else (
         initial_state[0].contiguous(), initial_state[1].contiguous())
     packed = [x.contiguous().view(1, B * T, *x.shape[2:]) for x in (q, k, v, g, s)]
-    o, hk, hv = torch.ops.nha.prefill(*packed, cu, h0k, h0v, window,
+    # a window of the whole batch's tokens sees everything; larger ones would overflow the op's int
+    o, hk, hv = torch.ops.nha.prefill(*packed, cu, h0k, h0v, min(window, B * T),
                                       float(K ** -0.5 if scale is None else scale),
                                       None if rope_theta is None else float(rope_theta))
     return o.view(B, T, HQ, V), ((hk, hv) if output_final_state else None)

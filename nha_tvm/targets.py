@@ -14,12 +14,16 @@ def cpu_target() -> tvm.target.Target:
     return tvm.target.Target({"kind": "llvm"})
 
 
+def capability(arch: str) -> tuple[int, int]:
+    """(major, minor) of an ``sm_XY`` architecture."""
+    return int(arch[3:-1]), int(arch[-1])
+
+
 def cuda_target(arch: str) -> tvm.target.Target:
     """Target for an ``sm_XY`` architecture: the TVM tag where one exists, else the limits
     every CUDA GPU since sm_70 has."""
-    major, minor = int(arch[3:-1]), int(arch[-1])
-    if (major, minor) in CUDA_TAGS:
-        return tvm.target.Target(CUDA_TAGS[(major, minor)])
+    if capability(arch) in CUDA_TAGS:
+        return tvm.target.Target(CUDA_TAGS[capability(arch)])
     return tvm.target.Target({"kind": "cuda", "arch": arch, "max_threads_per_block": 1024,
                               "max_shared_memory_per_block": 49152, "thread_warp_size": 32})
 
@@ -46,8 +50,7 @@ MAX_SHARED_BYTES = {(7, 0): 96 << 10, (7, 5): 64 << 10, (8, 0): 163 << 10, (8, 6
 
 
 def max_shared_bytes(arch: str) -> int:
-    major, minor = int(arch[3:-1]), int(arch[-1])
-    return MAX_SHARED_BYTES.get((major, minor), 48 << 10)
+    return MAX_SHARED_BYTES.get(capability(arch), 48 << 10)
 
 
 def target_for(arch: str) -> tvm.target.Target:

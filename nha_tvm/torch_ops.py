@@ -76,8 +76,11 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     window = min(window, total)  # W >= T is all the same, and fits the kernels' int32
     plan = prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
                            gate_dtype=dtype_name(g.dtype), arch=arch)
+    chunked = "gates" in plan  # the chunked algorithm (kernel_plan), else the portable one
+    if chunked:  # its CUDA kernels read 16-byte vectors
+        q3, k3, v3 = (_aligned(x) for x in (q3, k3, v3))
     # the chunk-start states the output pass reads (float32, or 16-bit for tensor cores)
-    start_dtype = getattr(torch, plan["state_scan"][1]["state_dtype"]) if "state_scan" in plan else torch.float32
+    start_dtype = getattr(torch, plan["state_scan"][1]["state_dtype"]) if chunked else torch.float32
     chunk_k = new_output(num_chunks, H, K, M, dtype=start_dtype, device=dev)
     chunk_v = new_output(num_chunks, H, M, V, dtype=start_dtype, device=dev)
 
@@ -93,8 +96,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
         kernel("rope_k")(k3, positions, k_rot, rope_theta)
     else:
         q_rot, k_rot = q3, k3
-    if "gates" in plan:  # the chunked algorithm (kernel_plan)
-        q3, k3, v3, q_rot, k_rot = (_aligned(x) for x in (q3, k3, v3, q_rot, k_rot))
+    if chunked:
         gcum = new_output(total, H, M, dtype=torch.float32, device=dev)
         kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, window)
         delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)

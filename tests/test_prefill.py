@@ -72,6 +72,14 @@ def test_inputs_at_an_odd_storage_offset(device, dtype, tol):
     assert rel_err(o, ref) <= tol
 
 
+def test_window_beyond_any_int_is_the_whole_sequence():
+    """W >= T is all the same: a window past int64 (which the op's int could not carry) is too."""
+    q, k, v, g, _ = make_inputs(1, 20, 2, 2, 8, 8, 4)
+    o, _ = nha_tvm.nha_attention(q, k, v, g, window=2**70)
+    expected, _ = nha_tvm.nha_attention(q, k, v, g, window=20)
+    assert torch.equal(o, expected)
+
+
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
 def test_initial_state_and_explicit_s(device, dtype, tol):
     check(device, dtype, tol, B=2, T=90, HQ=2, H=2, K=8, V=12, M=4, W=7, with_s=True, initial=True)
