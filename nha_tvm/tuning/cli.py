@@ -90,18 +90,20 @@ def workloads_for(shape: dict, seq_lens: list[int], batches: list[int], arch: st
     """The workloads of every kernel the torch ops use on ``arch`` whose schedule has knobs."""
     sizes = dict(HQ=shape["heads"], H=shape["kv_heads"], K=shape["head_dim"], V=shape["value_dim"],
                  M=shape["slots"], io_dtype=shape["dtype"], gate_dtype=shape["gate_dtype"], arch=arch)
-    plan = prefill_kernels(**sizes)
-    found = []
-    for T in seq_lens:
-        for kernel, params in plan.values():
-            # a kernel without a window argument (RoPE, the chunk scan) is one bucket, window 0
-            windows = shape["window"] if takes_window(kernel, params) else [0]
-            found += [Workload.of(kernel, params, T, W) for W in windows]
-    for B in batches:
-        found += [Workload.of(*decode_kernel(**sizes), B, W) for W in shape["window"]]
     target = target_for(arch)
-    unique = [w for w in dict.fromkeys(found) if rule_named(w.kernel, target).tunable]
-    return [w for w in unique if kernels is None or w.kernel in kernels]
+
+    def wanted(kernel):
+        return rule_named(kernel, target).tunable and (kernels is None or kernel in kernels)
+    # a kernel without a window argument (RoPE, the chunk scan) is one bucket, window 0; the
+    # kernels are filtered first, so no definition is built only to be dropped
+    prefill = [(kernel, params, shape["window"] if takes_window(kernel, params) else [0])
+               for kernel, params in prefill_kernels(**sizes).values() if wanted(kernel)]
+    found = [Workload.of(kernel, params, T, W) for T in seq_lens for kernel, params, windows in prefill
+             for W in windows]
+    decode = decode_kernel(**sizes)
+    if wanted(decode[0]):
+        found += [Workload.of(*decode, B, W) for B in batches for W in shape["window"]]
+    return list(dict.fromkeys(found))
 
 
 def takes_window(kernel: str, params: dict) -> bool:
