@@ -192,12 +192,16 @@ def decode_record(case: DecodeCase, plan: Plan, setup: Setup, clock: Clock) -> d
             "nha_cost": decode_cost(case, plan, setup, position), "results": results}
 
 
+def setup_for(plan: Plan, device: torch.device) -> Setup:
+    """The plan's shapes on ``device``: bf16 on a GPU, float32 on a CPU (NHA's only CPU dtype)."""
+    return Setup(device, torch.bfloat16 if device.type == "cuda" else torch.float32, plan.heads,
+                 plan.key_dim, plan.value_dim, plan.slots, plan.rope_theta, l2_cache_bytes(device))
+
+
 def run(plan: Plan, device: torch.device, on_progress) -> dict:
     """Measures every shape of the plan; on_progress(results) runs after each shape, so that a
     run cut short keeps what it measured."""
-    setup = Setup(device, torch.bfloat16 if device.type == "cuda" else torch.float32,  # NHA on CPU: float32 only
-                  plan.heads, plan.key_dim, plan.value_dim, plan.slots, plan.rope_theta,
-                  l2_cache_bytes(device))
+    setup = setup_for(plan, device)
     clock = Clock(device)
     results = {"meta": describe_run(plan, setup, clock), "cases": []}
     jobs = [("prefill", case) for case in plan.prefill] + [("decode", case) for case in plan.decode]

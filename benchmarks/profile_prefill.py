@@ -1,6 +1,8 @@
 """CUDA time per kernel of one NHA prefill (torch profiler), for BENCHMARKS.md's breakdown.
 
-    python benchmarks/profile_prefill.py [T] [W]      # default T=32768, W=64; bf16, 16 heads
+    python benchmarks/profile_prefill.py [T] [W]      # default T=32768, W=64
+
+The inputs are those of bench_peers.py's full plan (its head sizes, gates and RoPE), B = 1.
 """
 
 import sys
@@ -8,16 +10,14 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-import nha_tvm
+from measure import PrefillCase, make_plan, setup_for
+from peers import nha_prefill
 
 
 def main():
     T = int(sys.argv[1]) if len(sys.argv) > 1 else 32768
     W = int(sys.argv[2]) if len(sys.argv) > 2 else 64
-    H, K, M = 16, 128, 64
-    q, k, v = (torch.randn(1, T, H, K, device="cuda", dtype=torch.bfloat16) for _ in range(3))
-    g = torch.nn.functional.logsigmoid(torch.randn(1, T, H, M, device="cuda")) / 8
-    call = lambda: nha_tvm.nha_attention(q, k, v, g, window=W, rope_theta=10000.0)  # noqa: E731
+    call = nha_prefill(PrefillCase(1, T, W), setup_for(make_plan("full"), torch.device("cuda")))[0]
     for _ in range(3):
         call()
     torch.cuda.synchronize()

@@ -62,6 +62,11 @@ def format_number(x) -> str:
     return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.3g}"
 
 
+def format_speedup(x: float) -> str:
+    """Two significant digits, without an exponent (110, not 1.1e+02)."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.2g}"
+
+
 def peer_cell(case: dict, impl: str) -> str:
     """A peer's ms and, in brackets, NHA's speedup over it (peer ms / NHA ms)."""
     peer, nha = time_ms(case, impl), time_ms(case, "nha")
@@ -69,7 +74,7 @@ def peer_cell(case: dict, impl: str) -> str:
         return "skipped" if "skipped" in case["results"].get(impl, {}) else "—"
     if nha is None:
         return format_number(peer)
-    return f"{format_number(peer)} ({peer / nha:.2g}×)"
+    return f"{format_number(peer)} ({format_speedup(peer / nha)}×)"
 
 
 def section_rows(results: dict, section: str, naming=label):
