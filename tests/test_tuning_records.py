@@ -34,7 +34,7 @@ def test_no_records_means_default_and_no_length_means_fastest():
 def test_shipped_sm90_records_load():
     found = records.load_dir(str(records.shipped_dir() / "sm_90"), "sm_90")
     kernels = {r.workload.kernel for r in found}
-    assert kernels == {"rope", "slot_state_scan", "chunk_attend", "decode_step"}
+    assert kernels == {"slot_state_scan", "chunk_attend", "decode_step"}  # RoPE's no longer replayed: dropped
     assert {(r.workload.length, r.workload.window) for r in found if r.workload.kernel == "chunk_attend"} == {
         (T, W) for T in (2048, 8192, 32768) for W in (64, 512)}
 
