@@ -78,6 +78,18 @@ def state_rows_matmul(acc, lhs, state, src, c, h, n_rows, n_cols, rows, cols, tx
 
 
 @T.macro
+def key_logits_on_cuda_cores(acc, qs, q_row, ks, key_row, K, rows, cols, ty, tx):
+    """acc[a, b] = q[ty + TY a] . k[tx + TX b] over the K dims, register-blocked (fp32 path)."""
+    for a in T.unroll(rows):
+        for b in T.unroll(cols):
+            acc[a, b] = T.float32(0)
+    for i in T.serial(K):
+        for a in T.unroll(rows):
+            for b in T.unroll(cols):
+                acc[a, b] = acc[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i]) * ks[(tx + TX * b) * key_row + i]
+
+
+@T.macro
 def stage_state_whole(tile, src, c, h, rows, cols, row_stride, tid):
     """The whole chunk-start state src[c, h] ([rows, cols]) into ``tile`` with rows
     ``row_stride`` apart (clamped indices: a few threads store the last element twice)."""
@@ -324,13 +336,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     if tensor_cores:
                         warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
                     else:
-                        for a in T.unroll(rows):
-                            for b in T.unroll(cols_c):
-                                acc_c[a, b] = T.float32(0)
-                        for i in T.serial(K):
-                            for a in T.unroll(rows):
-                                for b in T.unroll(cols_c):
-                                    acc_c[a, b] = acc_c[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i]) * ks[(tx + TX * b) * key_row + i]
+                        key_logits_on_cuda_cores(acc_c, qs, q_row, ks, key_row, K, rows, cols_c, ty, tx)
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
                                 xs[(ty + TY * a) * x_row + tx + TX * b] = acc_c[a, b]
@@ -509,13 +515,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                 for b in T.unroll(cols_c):
                                     acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
                         else:
-                            for a in T.unroll(rows):
-                                for b in T.unroll(cols_c):
-                                    acc_c[a, b] = T.float32(0)
-                            for i in T.serial(K):
-                                for a in T.unroll(rows):
-                                    for b in T.unroll(cols_c):
-                                        acc_c[a, b] = acc_c[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i]) * ks[(tx + TX * b) * key_row + i]
+                            key_logits_on_cuda_cores(acc_c, qs, q_row, ks, key_row, K, rows, cols_c, ty, tx)
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
                                 # key position lo + kt C + col is in the window of row t iff
