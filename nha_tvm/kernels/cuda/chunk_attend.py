@@ -43,7 +43,7 @@ from tvm.script import tirx as T
 
 from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
 from .staging import VEC, stage_rows
-from .wmma import warp_matmul, warp_tiles
+from .wmma import tiles_per_warp, warp_matmul, warp_tiles
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
@@ -204,6 +204,9 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     group = HQ // H
     rows = C // TY
     cols_m, cols_c, cols_v = ceil_div(M, TX), C // TX, ceil_div(V, TX)
+    # accumulator fragments per warp: as many as the widest of the [C, *] matmuls needs
+    fragments = max([tiles_per_warp(C // 16, n // 16) for n in (C, V) + ((M,) if slots_tc else ())]
+                    if tensor_cores else [1])
 
     @T.prim_func(s_tir=True)
     def func(
@@ -260,7 +263,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     fa = T.sblock_alloc_buffer((16, 16), io_dtype, scope="wmma.matrix_a")
                     fb = T.sblock_alloc_buffer((16, 16), io_dtype, scope="wmma.matrix_b")  # row major
                     fb_t = T.sblock_alloc_buffer((16, 16), io_dtype, scope="wmma.matrix_b")  # col major
-                    fc = T.sblock_alloc_buffer((16, 16), "float32", scope="wmma.accumulator")
+                    fc = T.sblock_alloc_buffer((16 * fragments, 16), "float32", scope="wmma.accumulator")
                     # running softmax statistics of the thread's rows (equal across a row's lanes)
                     row_max = T.sblock_alloc_buffer((rows,), "float32", scope="local")
                     row_sum = T.sblock_alloc_buffer((rows,), "float32", scope="local")
@@ -464,26 +467,29 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                     pw[(ty + TY * a) * pw_row + tx + TX * b] = T.Cast(io_dtype, acc_m[a, b])
                                 else:
                                     ps[ty + TY * a, tx + TX * b] = acc_m[a, b]
-                    # O = (P exp(G)) R_c + X v'
+                    # O = (P exp(G)) R_c + X v' (on tensor cores one sum of two matmuls)
                     if slots_tc:
-                        warp_matmul(warp, fa, fb, fc, product, prod_row, pw, pw_row, state16, v_row, "row_major", C // 16, V // 16, M // 16)
+                        warp_matmul(warp, fa, fb, fc, product, prod_row, pw, pw_row, state16, v_row, "row_major", C // 16, V // 16, M // 16,
+                                    store=False)
+                        warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16,
+                                    fill=False)
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_v):
                                 acc_v[a, b] = product[(ty + TY * a) * prod_row + tx + TX * b]
                     else:
                         state_rows_matmul(acc_v, lambda a, m: ps[ty + TY * a, m],
                                           state, chunk_v, c, h, M, V, rows, cols_v, tx, tid)
-                    if tensor_cores:
-                        warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
-                        for a in T.unroll(rows):
-                            for b in T.unroll(cols_v):
-                                acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]
-                    else:
-                        for tau in T.serial(C):
+                        if tensor_cores:
+                            warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_v):
-                                    if tx + TX * b < V:
-                                        acc_v[a, b] = acc_v[a, b] + xs[(ty + TY * a) * x_row + tau] * T.Cast("float32", vs[tau * v_row + tx + TX * b])
+                                    acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]
+                        else:
+                            for tau in T.serial(C):
+                                for a in T.unroll(rows):
+                                    for b in T.unroll(cols_v):
+                                        if tx + TX * b < V:
+                                            acc_v[a, b] = acc_v[a, b] + xs[(ty + TY * a) * x_row + tau] * T.Cast("float32", vs[tau * v_row + tx + TX * b])
 
                     # ---- window keys j in (p_t - W, p_t], RoPE'd, in tiles of C keys ----
                     lo: T.let[T.int32] = T.max(0, p0 - window + 1)  # first key any row can see
