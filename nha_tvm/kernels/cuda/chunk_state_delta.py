@@ -42,6 +42,24 @@ def vector_or_unrolled(lanes: int, dtype: str):
     return T.vectorized if lanes in (2, 4, 8) and lanes * size <= 16 else T.unroll
 
 
+@T.macro
+def store_tile(out, tile, c, h, row0, col0, n_rows, n_cols, rows, cols, valid):
+    """out[c, h, row0 + a, col0 + b] = tile[a, b] (float32) where the chunk has tokens. When
+    the thread tiles cover the output exactly, each row goes out in 16-byte vectors (the
+    stores are most of the kernel's traffic), else element by element, bounds checked."""
+    if valid > 0:
+        if n_rows == rows * TY and n_cols == cols * TX and cols % 4 == 0:
+            for a in T.unroll(rows):
+                for b0 in T.unroll(cols // 4):
+                    for b1 in T.vectorized(4):
+                        out[c, h, row0 + a, col0 + b0 * 4 + b1] = tile[a, b0 * 4 + b1]
+        else:
+            for a in T.unroll(rows):
+                for b in T.unroll(cols):
+                    if row0 + a < n_rows and col0 + b < n_cols:
+                        out[c, h, row0 + a, col0 + b] = tile[a, b]
+
+
 def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str):
     """Arguments: k [total, H, K], v [total, H, V], s [total, H, M], gcum [total, H, M]
     (float32 gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], chunk_seq
@@ -130,11 +148,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         for a in T.unroll(rows_k):
                             for b in T.unroll(cols_m):
                                 dk[a, b] = dk[a, b] + T.Cast("float32", k_vec[a]) * w_vec[b]
-                    for a in T.unroll(rows_k):
-                        for b in T.unroll(cols_m):
-                            if ty * rows_k + a < K and tx * cols_m + b < M:
-                                if valid > 0:
-                                    chunk_k[c, h, ty * rows_k + a, tx * cols_m + b] = dk[a, b]
+                    store_tile(chunk_k, dk, c, h, ty * rows_k, tx * cols_m, K, M, rows_k, cols_m, valid)
                     # dR = w^T v': rows m = ty * rows_m + a, columns e = tx * cols_v + b
                     for a in T.unroll(rows_m):
                         for b in T.unroll(cols_v):
@@ -147,10 +161,6 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         for a in T.unroll(rows_m):
                             for b in T.unroll(cols_v):
                                 dv[a, b] = dv[a, b] + w_vec[a] * T.Cast("float32", v_vec[b])
-                    for a in T.unroll(rows_m):
-                        for b in T.unroll(cols_v):
-                            if ty * rows_m + a < M and tx * cols_v + b < V:
-                                if valid > 0:
-                                    chunk_v[c, h, ty * rows_m + a, tx * cols_v + b] = dv[a, b]
+                    store_tile(chunk_v, dv, c, h, ty * rows_m, tx * cols_v, M, V, rows_m, cols_v, valid)
 
     return func
