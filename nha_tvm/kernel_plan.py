@@ -45,13 +45,16 @@ def prefill_algorithm(*, arch: str, K: int, V: int, M: int, io_dtype: str) -> st
 
 def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
                     gate_dtype: str, arch: str) -> dict[str, tuple[str, dict]]:
-    """Role -> (kernel, static params) for a prefill on ``arch``. RoPE of the queries and of
-    the keys is used when RoPE is on."""
+    """Role -> (kernel, static params) for a prefill on ``arch``. Both algorithms start with
+    the index tables of the packed batch (``chunk_layout``); RoPE of the queries and of the keys
+    is used when RoPE is on."""
     C = CHUNK_SIZE
+    layout = {"layout": ("chunk_layout", dict(C=C))}
     rope = {"rope_q": ("rope", dict(heads=HQ, K=K, io_dtype=io_dtype)),
             "rope_k": ("rope", dict(heads=H, K=K, io_dtype=io_dtype))}
     if prefill_algorithm(arch=arch, K=K, V=V, M=M, io_dtype=io_dtype) == "portable":
         return {
+            **layout,
             "state": ("slot_state_scan", dict(H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype,
                                               gate_dtype=gate_dtype)),
             **rope,
@@ -59,6 +62,7 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
                                             gate_dtype=gate_dtype)),
         }
     return {
+        **layout,
         "gates": ("chunk_gate_cumsum", dict(H=H, M=M, C=C, gate_dtype=gate_dtype)),
         "state_delta": ("chunk_state_delta", dict(H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype,
                                                   gate_dtype=gate_dtype)),

@@ -1,7 +1,7 @@
 """PyTorch custom ops ``torch.ops.nha.prefill`` and ``torch.ops.nha.decode``.
 
 Each op allocates its outputs with torch (so CUDA graphs and the caching allocator see them),
-derives the varlen metadata with torch ops on the device (no host sync), and calls the compiled
+derives the varlen index tables with a kernel on the device (no host sync), and calls the compiled
 TVM functions with torch tensors, which tvm-ffi passes zero-copy through DLPack on torch's
 current CUDA stream. Inputs are validated by the public functions in ``nha_tvm.attention``.
 """
@@ -29,26 +29,6 @@ def _aligned(x: Tensor, bytes_: int = 16) -> Tensor:
     return x if x.data_ptr() % bytes_ == 0 else x.clone()
 
 
-def _chunk_metadata(cu: Tensor, total: int, chunk: int):
-    """Per sequence the index of its first chunk, and per chunk its sequence (N for the
-    padding chunks of the upper bound total // chunk + N, which the kernel skips)."""
-    n = cu.shape[0] - 1
-    lens = cu[1:] - cu[:-1]
-    chunk_offsets = torch.zeros(n + 1, dtype=torch.int32, device=cu.device)
-    chunk_offsets[1:] = torch.cumsum((lens + chunk - 1) // chunk, 0)
-    num_chunks = total // chunk + n
-    ids = torch.arange(num_chunks, dtype=torch.int32, device=cu.device)
-    chunk_seq = (torch.searchsorted(chunk_offsets, ids, right=True) - 1).to(torch.int32)
-    return chunk_offsets, chunk_seq, num_chunks
-
-
-def _positions(cu: Tensor, total: int) -> Tensor:
-    """Position of every packed token inside its own sequence."""
-    lens = (cu[1:] - cu[:-1]).long()
-    seq = torch.repeat_interleave(torch.arange(lens.shape[0], device=cu.device), lens, output_size=total)
-    return (torch.arange(total, device=cu.device) - cu.long()[seq]).to(torch.int32)
-
-
 @torch.library.custom_op("nha::prefill", mutates_args=(), device_types=("cpu", "cuda"))
 def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: Tensor,
             h0k: Optional[Tensor], h0v: Optional[Tensor], window: int, scale: float,
@@ -72,7 +52,6 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
     arch = arch_name(dev)
     q3, k3, v3 = q.view(total, HQ, K), k.view(total, H, K), v.view(total, H, V)
     g3, s3 = g.view(total, H, M), s.view(total, H, M)
-    chunk_offsets, chunk_seq, num_chunks = _chunk_metadata(cu_seqlens, total, CHUNK_SIZE)
     window = min(window, total)  # W >= T is all the same, and fits the kernels' int32
     plan = prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
                            gate_dtype=dtype_name(g.dtype), arch=arch)
@@ -81,6 +60,9 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
         q3, k3, v3 = (_aligned(x) for x in (q3, k3, v3))
     # the chunk-start states the output pass reads (float32, or 16-bit for tensor cores)
     start_dtype = getattr(torch, plan["state_scan"][1]["state_dtype"]) if chunked else torch.float32
+    # an upper bound on the chunks, known without reading cu_seqlens: the chunks past the
+    # last sequence's are padding, which every kernel skips
+    num_chunks = total // CHUNK_SIZE + N
     chunk_k = new_output(num_chunks, H, K, M, dtype=start_dtype, device=dev)
     chunk_v = new_output(num_chunks, H, M, V, dtype=start_dtype, device=dev)
 
@@ -88,8 +70,10 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
         name, params = plan[role]
         return get_kernel(name, arch, length=total, **bucket, **params)
 
+    int32 = dict(dtype=torch.int32, device=dev)
+    chunk_offsets, chunk_seq, positions = new_output(N + 1, **int32), new_output(num_chunks, **int32), new_output(total, **int32)
+    kernel("layout")(cu_seqlens, chunk_offsets, chunk_seq, positions)
     if rope_theta is not None:
-        positions = _positions(cu_seqlens, total)
         q_rot = new_output(total, HQ, K, dtype=q.dtype, device=dev)
         k_rot = new_output(total, H, K, dtype=q.dtype, device=dev)
         kernel("rope_q")(q3, positions, q_rot, rope_theta)

@@ -16,9 +16,11 @@ DEVICE_CASES = [pytest.param("cpu", torch.float32, 1e-5, id="cpu-fp32")] + [
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
-    """Every output buffer the ops hand to a kernel starts as NaN, so nothing unwritten passes."""
+    """Every output buffer the ops hand to a kernel starts as NaN (an index table as the most
+    negative int), so nothing unwritten passes."""
     def poisoned(*shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        fill = float("nan") if dtype.is_floating_point else torch.iinfo(dtype).min
+        return torch.full(shape, fill, dtype=dtype, device=device)
     monkeypatch.setattr(torch_ops, "new_output", poisoned)
 
 

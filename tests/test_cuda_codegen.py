@@ -20,6 +20,7 @@ KERNELS = [
     ("rope", dict(heads=16, K=128, io_dtype="bfloat16")),
     ("decode_step", dict(SHAPES, io_dtype="bfloat16", gate_dtype="float32")),
     ("chunk_gate_cumsum", dict(H=8, M=64, C=64, gate_dtype="float32")),
+    ("chunk_layout", dict(C=64)),
     ("chunk_state_delta", dict(H=8, K=128, V=128, M=64, C=64, kv_dtype="bfloat16", gate_dtype="float32")),
     ("chunk_state_scan", dict(H=8, K=128, V=128, M=64, C=64, state_dtype="bfloat16")),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32")),
@@ -36,7 +37,7 @@ KERNELS = [
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-@pytest.mark.parametrize("kernel,params", KERNELS, ids=[f"{k}-{p.get('io_dtype', p.get('kv_dtype'))}" for k, p in KERNELS])
+@pytest.mark.parametrize("kernel,params", KERNELS, ids=[f"{k}-{p.get('io_dtype', p.get('kv_dtype', 'int32'))}" for k, p in KERNELS])
 def test_cuda_kernel_compiles_with_nvcc_for_sm90(kernel, params, tmp_path):
     executable = build(kernel, params, "sm_90")
     source = executable.mod.imports[0].inspect_source()

@@ -1,11 +1,13 @@
 """The compiled kernels called directly, each output buffer poisoned with NaN first."""
 
+import pytest
 import torch
 
 from nha_tvm.compiler import get_kernel
 from nha_tvm.reference import rope
+from nha_tvm.targets import arch_name
 
-from .conftest import rel_err
+from .conftest import CUDA, rel_err
 
 
 def test_rope_kernel():
@@ -82,3 +84,27 @@ def test_chunk_state_scan_carries_states_across_chunks():
             state_k = state_k * decay[:, None, :] + add_k[index]
             state_v = state_v * decay[:, :, None] + add_v[index]
         assert torch.allclose(hk[n], state_k, atol=1e-5) and torch.allclose(hv[n], state_v, atol=1e-5)
+
+
+def _layout_reference(cu, C):
+    """The index tables from their definitions, with torch ops."""
+    N, total = cu.shape[0] - 1, int(cu[-1])
+    lens = (cu[1:] - cu[:-1]).long()
+    offsets = torch.zeros(N + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum((lens + C - 1) // C, 0)
+    chunk_seq = torch.searchsorted(offsets, torch.arange(total // C + N), right=True) - 1
+    seq = torch.repeat_interleave(torch.arange(N), lens, output_size=total)
+    return offsets.int(), chunk_seq.int(), (torch.arange(total) - cu.long()[seq]).int()
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")])])
+@pytest.mark.parametrize("lens", [[2048], [70, 130, 0], [0, 5], [64, 64, 1, 0, 171], [1] * 9 + [300]])
+def test_chunk_layout_tables(device, lens):
+    C = 64
+    cu = torch.tensor([0] + lens, dtype=torch.int32).cumsum(0, dtype=torch.int32)
+    N, total = len(lens), sum(lens)
+    tables = [torch.full((n,), -99, dtype=torch.int32, device=device) for n in (N + 1, total // C + N, total)]
+    get_kernel("chunk_layout", arch_name(torch.device(device)), C=C)(cu.to(device), *tables)
+    for got, want in zip(tables, _layout_reference(cu, C)):
+        assert torch.equal(got.cpu(), want)

@@ -83,7 +83,7 @@ def cpu_package(tmp_path_factory):
     done = subprocess.run(command, capture_output=True, text=True,
                           env=os.environ | {"NHA_TVM_CACHE_DIR": str(work / "cache")})
     assert done.returncode == 0, done.stderr
-    assert "5 modules for cpu" in done.stdout
+    assert "6 modules for cpu" in done.stdout
     return out
 
 
@@ -118,6 +118,7 @@ def test_manifest_vouches_for_every_module(cpu_package):
     HQ, H, K, V, M = SHAPE
     f32 = "float32"
     expected = [
+        ("chunk_layout", dict(C=CHUNK_SIZE)),
         ("slot_state_scan", dict(H=H, K=K, V=V, M=M, C=CHUNK_SIZE, kv_dtype=f32, gate_dtype=f32)),
         ("chunk_attend", dict(HQ=HQ, H=H, K=K, V=V, M=M, C=CHUNK_SIZE, io_dtype=f32, gate_dtype=f32)),
         ("decode_step", dict(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=f32, gate_dtype=f32)),
@@ -189,7 +190,7 @@ def test_package_for_another_machine_or_version_is_refused(package_copy, isolate
 def test_missing_bucket_falls_back_with_one_warning_each(cpu_package, isolated, caplog):
     builds, loads = isolated
     nha_tvm.load_ops(cpu_package)
-    assert len(loads) == 5
+    assert len(loads) == 6
     HQ, H, K, V, _ = SHAPE
     q, k, v, g, _ = make_inputs(1, 30, HQ, H, K, V, 8)  # 8 slots: the package has 4
     with caplog.at_level(logging.WARNING, logger="nha_tvm.op_package"):
@@ -198,7 +199,7 @@ def test_missing_bucket_falls_back_with_one_warning_each(cpu_package, isolated, 
     warnings = [r.getMessage() for r in caplog.records if "has no module for" in r.getMessage()]
     warned = sorted(w.split(" has no module for ")[1].split()[0] for w in warnings)
     assert warned == ["chunk_attend", "slot_state_scan"]
-    assert sorted(builds) == ["chunk_attend", "slot_state_scan"]  # rope came from the package
+    assert sorted(builds) == ["chunk_attend", "slot_state_scan"]  # rope and the tables came from the package
     ref, _ = nha_reference(q, k, v, g, window=3, rope_theta=10000.0)
     assert rel_err(o, ref) <= 1e-5
 
@@ -224,8 +225,8 @@ def test_cross_build_for_sm90_writes_package(tmp_path, isolated):
     assert manifest["arch"] == "sm_90" and manifest["versions"] == op_package.build_environment()
     # heads == kv_heads: one rope module serves q and k
     kernels = sorted(m["kernel"] for m in manifest["modules"])
-    assert kernels == ["chunk_attend_cuda", "chunk_gate_cumsum", "chunk_state_delta", "chunk_state_scan",
-                       "decode_step_cuda", "rope"]
+    assert kernels == ["chunk_attend_cuda", "chunk_gate_cumsum", "chunk_layout", "chunk_state_delta",
+                       "chunk_state_scan", "decode_step_cuda", "rope"]
     for module in manifest["modules"]:
         assert hashlib.sha256((out / module["file"]).read_bytes()).hexdigest() == module["sha256"]
         assert (module["arch"], module["dtype"]) == ("sm_90", "bfloat16")

@@ -9,6 +9,7 @@ except the fused GPU kernels of ``kernels/cuda``, which are written with their t
 
 from .chunk_attend import chunk_attend
 from .chunk_gates import chunk_gate_cumsum
+from .chunk_layout import chunk_layout
 from .chunk_state_scan import chunk_state_scan
 from .cuda.chunk_attend import chunk_attend as chunk_attend_cuda
 from .cuda.chunk_state_delta import chunk_state_delta
@@ -23,6 +24,7 @@ KERNELS = {
     "rope": rope,
     "decode_step": decode_step,
     "chunk_gate_cumsum": chunk_gate_cumsum,
+    "chunk_layout": chunk_layout,
     "chunk_state_scan": chunk_state_scan,
     "chunk_state_delta": chunk_state_delta,
     "chunk_attend_cuda": chunk_attend_cuda,

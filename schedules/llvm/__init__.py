@@ -1,5 +1,6 @@
 """CPU (llvm) default schedules."""
 
+from .index_tables import IndexTables
 from .parallel_outer import ParallelOuter
 
-RULES = [ParallelOuter()]
+RULES = [IndexTables(), ParallelOuter()]
