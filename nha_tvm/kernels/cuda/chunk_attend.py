@@ -42,7 +42,7 @@ import operator
 from tvm.script import tirx as T
 
 from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
-from .staging import VEC, stage_rows
+from .staging import VEC, load_rows, stage_rows, store_rows
 from .wmma import tiles_per_warp, warp_matmul, warp_tiles
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
@@ -495,6 +495,10 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     lo: T.let[T.int32] = T.max(0, p0 - window + 1)  # first key any row can see
                     if tensor_cores:
                         stage_rows(qs, q_row, C, qr, start + p0, 0, valid, hq, K, total, stage_vec, tid)
+                        # each tile's loads go out a phase ahead of their use: the first key
+                        # tile's now, a value tile's before Q K^T and the softmax, the next key
+                        # tile's before P V (one register buffer, always in flight)
+                        load_rows(stage_vec, C, kr, start + lo, h, K, total, tid)
                     else:
                         for j in T.unroll(ceil_div(C * K, THREADS)):
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
@@ -502,8 +506,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             qs[r * q_row + i] = T.if_then_else(r < valid, qr[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
                     for kt in T.serial(T.if_then_else(window > 0 and valid > 0, (p0 + valid - lo + C - 1) // C, 0)):
                         if tensor_cores:
-                            stage_rows(ks, key_row, C, kr, start + lo + kt * C, 0, p0 + valid - lo - kt * C, h, K, total, stage_vec, tid)
-                            stage_rows(vs, v_row, C, v, start + lo + kt * C, 0, p0 + valid - lo - kt * C, h, V, total, stage_vec, tid)
+                            store_rows(ks, key_row, C, stage_vec, K, 0, p0 + valid - lo - kt * C, tid)
+                            load_rows(stage_vec, C, v, start + lo + kt * C, h, V, total, tid)
                         else:
                             for j in T.unroll(ceil_div(C * K, THREADS)):
                                 r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
@@ -554,6 +558,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_c):
                                     weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, acc_c[a, b])
+                            store_rows(vs, v_row, C, stage_vec, V, 0, p0 + valid - lo - kt * C, tid)
+                            load_rows(stage_vec, C, kr, start + lo + (kt + 1) * C, h, K, total, tid)
                             warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_v):
