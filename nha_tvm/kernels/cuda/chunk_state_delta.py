@@ -19,6 +19,7 @@ from tvm.script import tirx as T
 
 from .layout import THREADS, TX, TY, ceil_div
 from .staging import VEC, stage_rows
+from .wmma import deals_by_rows, tiles_per_warp, warp_matmul, warp_store
 
 
 @T.macro
@@ -60,16 +61,31 @@ def store_tile(out, tile, c, h, row0, col0, n_rows, n_cols, rows, cols, valid):
                         out[c, h, row0 + a, col0 + b] = tile[a, b]
 
 
+def on_tensor_cores(*, K: int, V: int, M: int, kv_dtype: str) -> bool:
+    """16-bit inputs whose [K, M] and [M, V] products deal out to the warps in whole 16 x 16
+    tiles run on tensor cores (WMMA, fp32 accumulate, w rounded to the input dtype); the rest
+    on CUDA cores in float32."""
+    return kv_dtype in ("bfloat16", "float16") and K % 16 == 0 and V % 16 == 0 and M % 16 == 0 \
+        and deals_by_rows(K // 16, M // 16) and deals_by_rows(M // 16, V // 16)
+
+
 def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str):
     """Arguments: k [total, H, K], v [total, H, V], s [total, H, M], gcum [total, H, M]
     (float32 gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], chunk_seq
     [NC], the outputs chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (float32), the window."""
     rows_k, rows_m, cols_m, cols_v = ceil_div(K, TY), ceil_div(M, TY), ceil_div(M, TX), ceil_div(V, TX)
-    # shared rows padded to whole vectors, so every thread's vector stays in bounds
-    k_row, m_row, v_row = TY * rows_k, TY * rows_m, TX * cols_v
-    w_row = max(TX * cols_m, m_row)
-    # 16-bit rows without padding are staged in 16-byte vectors (``staging``)
-    vector_staging = kv_dtype in ("bfloat16", "float16") and k_row == K and v_row == V
+    tensor_cores = on_tensor_cores(K=K, V=V, M=M, kv_dtype=kv_dtype)
+    if tensor_cores:  # WMMA tiles, rows padded by 16 bytes so a tile's rows spread over the banks
+        k_row, v_row, w16_row = K + 8, V + 8, M + 8
+        w_row = 1
+        fragments = max(tiles_per_warp(K // 16, M // 16), tiles_per_warp(M // 16, V // 16))
+    else:  # shared rows padded to whole vectors, so every thread's vector stays in bounds
+        k_row, v_row, w16_row = TY * rows_k, TX * cols_v, 1
+        w_row = max(TX * cols_m, TY * rows_m)
+        fragments = 1
+    # 16-bit rows are staged in 16-byte vectors (``staging``) where a row is whole vectors
+    vector_staging = kv_dtype in ("bfloat16", "float16") and K % VEC == 0 and V % VEC == 0 \
+        and (tensor_cores or (k_row == K and v_row == V))
     k_loop, w_loop_m, w_loop_r, v_loop = (vector_or_unrolled(n, dtype) for n, dtype in (
         (rows_k, kv_dtype), (cols_m, "float32"), (rows_m, "float32"), (cols_v, kv_dtype)))
 
@@ -101,7 +117,11 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     ks = T.sblock_alloc_buffer((C * k_row,), kv_dtype, scope="shared.dyn")
                     vs = T.sblock_alloc_buffer((C * v_row,), kv_dtype, scope="shared.dyn")
                     stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if vector_staging else (1,), kv_dtype, scope="local")
-                    w = T.sblock_alloc_buffer((C, w_row), "float32", scope="shared.dyn")
+                    w = T.sblock_alloc_buffer((1, 1) if tensor_cores else (C, w_row), "float32", scope="shared.dyn")
+                    w16 = T.sblock_alloc_buffer((C * w16_row,), kv_dtype, scope="shared.dyn")
+                    fa_t = T.sblock_alloc_buffer((16, 16), kv_dtype, scope="wmma.matrix_a")  # col major
+                    fb = T.sblock_alloc_buffer((16, 16), kv_dtype, scope="wmma.matrix_b")
+                    fc = T.sblock_alloc_buffer((16 * fragments, 16), "float32", scope="wmma.accumulator")
                     dk = T.sblock_alloc_buffer((rows_k, cols_m), "float32", scope="local")
                     dv = T.sblock_alloc_buffer((rows_m, cols_v), "float32", scope="local")
                     k_vec = T.sblock_alloc_buffer((rows_k,), kv_dtype, scope="local")
@@ -111,6 +131,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     h: T.let[T.int32] = bx % H
                     ty: T.let[T.int32] = tid // TX
                     tx: T.let[T.int32] = tid % TX
+                    warp: T.let[T.int32] = tid // 32
                     # a padding chunk (sequence N) stages zeros and stores nothing: barriers
                     # cannot sit under a branch, so every block runs the same code
                     n: T.let[T.int32] = T.min(chseq[c], bounds - 2)
@@ -126,41 +147,63 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     else:
                         stage_shifted(ks, k, K, k_row, start, p0, valid, window, h, tid)
                         stage_shifted(vs, v, V, v_row, start, p0, valid, window, h, tid)
-                    for j in T.unroll(ceil_div(C * w_row, THREADS)):
-                        if j * THREADS + tid < C * w_row:
-                            r: T.let[T.int32] = (j * THREADS + tid) // w_row
-                            m: T.let[T.int32] = (j * THREADS + tid) % w_row
-                            if r < valid and p0 + r >= window and m < M:
-                                # exponent <= 0: G decreases along the chunk
-                                w[r, m] = T.Cast("float32", s[start + p0 + r - window, h, m]) * T.exp(
-                                    gcum[last, h, m] - gcum[start + p0 + r, h, m])
-                            else:
-                                w[r, m] = T.float32(0)
-                    # dS = k'^T w: rows i = ty * rows_k + a, columns m = tx * cols_m + b
-                    for a in T.unroll(rows_k):
-                        for b in T.unroll(cols_m):
-                            dk[a, b] = T.float32(0)
-                    for tau in T.serial(C):
-                        for a in k_loop(rows_k):
-                            k_vec[a] = ks[tau * k_row + ty * rows_k + a]
-                        for b in w_loop_m(cols_m):
-                            w_vec[b] = w[tau, tx * cols_m + b]
+                    if tensor_cores:
+                        # w in the input dtype (in [0, 1]) as the tensor cores' operand; both
+                        # products accumulate in float32 and go from the fragments straight
+                        # to global memory
+                        for j in T.unroll(ceil_div(C * M, THREADS)):
+                            r: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) // M
+                            m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
+                            w16[r * w16_row + m] = T.Cast(kv_dtype, T.if_then_else(
+                                r < valid and p0 + r >= window,
+                                T.Cast("float32", s[start + p0 + r - window, h, m]) * T.exp(gcum[last, h, m] - gcum[start + p0 + r, h, m]),
+                                T.float32(0)))
+                        # dS = k'^T w ([K, M]) and dR = w^T v' ([M, V]): the left operands read
+                        # transposed (column major) from the token-major tiles
+                        warp_matmul(warp, fa_t, fb, fc, chunk_k, M, ks, k_row, w16, w16_row, "row_major", K // 16, M // 16, C // 16,
+                                    store=False, a_layout="col_major")
+                        if valid > 0:
+                            warp_store(warp, fc, chunk_k, (c * H + h) * K * M, M, K // 16, M // 16)
+                        warp_matmul(warp, fa_t, fb, fc, chunk_v, V, w16, w16_row, vs, v_row, "row_major", M // 16, V // 16, C // 16,
+                                    store=False, a_layout="col_major")
+                        if valid > 0:
+                            warp_store(warp, fc, chunk_v, (c * H + h) * M * V, V, M // 16, V // 16)
+                    else:
+                        for j in T.unroll(ceil_div(C * w_row, THREADS)):
+                            if j * THREADS + tid < C * w_row:
+                                r: T.let[T.int32] = (j * THREADS + tid) // w_row
+                                m: T.let[T.int32] = (j * THREADS + tid) % w_row
+                                if r < valid and p0 + r >= window and m < M:
+                                    # exponent <= 0: G decreases along the chunk
+                                    w[r, m] = T.Cast("float32", s[start + p0 + r - window, h, m]) * T.exp(
+                                        gcum[last, h, m] - gcum[start + p0 + r, h, m])
+                                else:
+                                    w[r, m] = T.float32(0)
+                        # dS = k'^T w: rows i = ty * rows_k + a, columns m = tx * cols_m + b
                         for a in T.unroll(rows_k):
                             for b in T.unroll(cols_m):
-                                dk[a, b] = dk[a, b] + T.Cast("float32", k_vec[a]) * w_vec[b]
-                    store_tile(chunk_k, dk, c, h, ty * rows_k, tx * cols_m, K, M, rows_k, cols_m, valid)
-                    # dR = w^T v': rows m = ty * rows_m + a, columns e = tx * cols_v + b
-                    for a in T.unroll(rows_m):
-                        for b in T.unroll(cols_v):
-                            dv[a, b] = T.float32(0)
-                    for tau in T.serial(C):
-                        for a in w_loop_r(rows_m):
-                            w_vec[a] = w[tau, ty * rows_m + a]
-                        for b in v_loop(cols_v):
-                            v_vec[b] = vs[tau * v_row + tx * cols_v + b]
+                                dk[a, b] = T.float32(0)
+                        for tau in T.serial(C):
+                            for a in k_loop(rows_k):
+                                k_vec[a] = ks[tau * k_row + ty * rows_k + a]
+                            for b in w_loop_m(cols_m):
+                                w_vec[b] = w[tau, tx * cols_m + b]
+                            for a in T.unroll(rows_k):
+                                for b in T.unroll(cols_m):
+                                    dk[a, b] = dk[a, b] + T.Cast("float32", k_vec[a]) * w_vec[b]
+                        store_tile(chunk_k, dk, c, h, ty * rows_k, tx * cols_m, K, M, rows_k, cols_m, valid)
+                        # dR = w^T v': rows m = ty * rows_m + a, columns e = tx * cols_v + b
                         for a in T.unroll(rows_m):
                             for b in T.unroll(cols_v):
-                                dv[a, b] = dv[a, b] + w_vec[a] * T.Cast("float32", v_vec[b])
-                    store_tile(chunk_v, dv, c, h, ty * rows_m, tx * cols_v, M, V, rows_m, cols_v, valid)
+                                dv[a, b] = T.float32(0)
+                        for tau in T.serial(C):
+                            for a in w_loop_r(rows_m):
+                                w_vec[a] = w[tau, ty * rows_m + a]
+                            for b in v_loop(cols_v):
+                                v_vec[b] = vs[tau * v_row + tx * cols_v + b]
+                            for a in T.unroll(rows_m):
+                                for b in T.unroll(cols_v):
+                                    dv[a, b] = dv[a, b] + w_vec[a] * T.Cast("float32", v_vec[b])
+                        store_tile(chunk_v, dv, c, h, ty * rows_m, tx * cols_v, M, V, rows_m, cols_v, valid)
 
     return func
