@@ -86,6 +86,19 @@ def test_initial_state_and_explicit_s(device, dtype, tol):
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+def test_default_write_strength_of_gates_near_one(device, dtype, tol):
+    """With no s the kernels make s = 1 - exp(g) themselves; for gates a hair from 1 (g ~ -1e-6)
+    the float32 difference would keep about one digit. With W = 0 the output is the slot
+    read-out, proportional to s, so any loss there shows in it."""
+    q, k, v, _, _ = make_inputs(1, 150, 4, 2, 64, 64, 32, device=device, dtype=dtype)
+    g = -(1 + torch.rand(1, 150, 2, 32, device=device)) * 1e-6
+    o, final = nha_tvm.nha_attention(q, k, v, g, window=0, output_final_state=True)
+    ref, ref_final = nha_reference(q, k, v, g, window=0, output_final_state=True)
+    assert rel_err(o, ref) <= tol
+    assert rel_err(final[1], ref_final[1]) <= max(tol, 1e-5)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
 def test_full_attention_window_is_softmax_with_null_slots(device, dtype, tol):
     """W >= T: the slots never fill, so NHA is causal softmax attention plus M zero-logit keys."""
     B, T, H, K, M = 1, 50, 2, 16, 4
