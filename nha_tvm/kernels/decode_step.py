@@ -59,9 +59,8 @@ def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_
                 T.writes(hk[vb, vh, vi, vm])
                 if pos[vb] >= window:
                     if window == 0:
-                        raw: T.let[T.float32] = T.Cast("float32", s[vb, vh, vm])
                         hk[vb, vh, vi, vm] = hk[vb, vh, vi, vm] * T.exp(T.Cast("float32", g[vb, vh, vm])) + (
-                            T.Cast("float32", k[vb, vh, vi]) * write_strength(raw, s_from_g))
+                            T.Cast("float32", k[vb, vh, vi]) * write_strength(s[vb, vh, vm], s_from_g))
                     else:
                         hk[vb, vh, vi, vm] = hk[vb, vh, vi, vm] * T.exp(ring_g[vb, pos[vb] % T.max(window, 1), vh, vm]) + (
                             T.Cast("float32", ring_k[vb, pos[vb] % T.max(window, 1), vh, vi]) * ring_s[vb, pos[vb] % T.max(window, 1), vh, vm])
@@ -73,9 +72,8 @@ def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_
                 T.writes(hv[vb, vh, vm, ve])
                 if pos[vb] >= window:
                     if window == 0:
-                        raw: T.let[T.float32] = T.Cast("float32", s[vb, vh, vm])
                         hv[vb, vh, vm, ve] = hv[vb, vh, vm, ve] * T.exp(T.Cast("float32", g[vb, vh, vm])) + (
-                            write_strength(raw, s_from_g) * T.Cast("float32", v[vb, vh, ve]))
+                            write_strength(s[vb, vh, vm], s_from_g) * T.Cast("float32", v[vb, vh, ve]))
                     else:
                         hv[vb, vh, vm, ve] = hv[vb, vh, vm, ve] * T.exp(ring_g[vb, pos[vb] % T.max(window, 1), vh, vm]) + (
                             ring_s[vb, pos[vb] % T.max(window, 1), vh, vm] * T.Cast("float32", ring_v[vb, pos[vb] % T.max(window, 1), vh, ve]))
@@ -95,8 +93,7 @@ def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_
                 vb, vh, vm = T.axis.remap("SSS", [b, h, m])
                 if window > 0:
                     ring_g[vb, pos[vb] % T.max(window, 1), vh, vm] = T.Cast("float32", g[vb, vh, vm])
-                    raw: T.let[T.float32] = T.Cast("float32", s[vb, vh, vm])
-                    ring_s[vb, pos[vb] % T.max(window, 1), vh, vm] = write_strength(raw, s_from_g)
+                    ring_s[vb, pos[vb] % T.max(window, 1), vh, vm] = write_strength(s[vb, vh, vm], s_from_g)
         # 3. read-out: M slot logits and the window keys in one online softmax
         for b, hq in T.grid(B, HQ):
             with T.sblock("attend"):

@@ -320,9 +320,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         r: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) // M
                         m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
                         gs[r * (M + 1) + m] = T.if_then_else(r < valid, gcum[start + p0 + r, h, m], T.float32(0))
-                        # read from a clamped row, used only where the row is in range
-                        raw: T.let[T.float32] = T.Cast("float32", s[T.max(T.min(start + p0 + r - window, total - 1), 0), h, m])
-                        ss[r * (M + 1) + m] = T.if_then_else(r < valid and p0 + r >= window, write_strength(raw, s_from_g), T.float32(0))
+                        ss[r * (M + 1) + m] = T.if_then_else(r < valid and p0 + r >= window,
+                                                  write_strength(s[start + p0 + r - window, h, m], s_from_g), T.float32(0))
                     if slots_tc:
                         stage_state_whole(state16, chunk_k, c, h, K, M, s_row, tid)
 

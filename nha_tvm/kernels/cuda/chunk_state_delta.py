@@ -157,11 +157,9 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         for j in T.unroll(ceil_div(C * M, THREADS)):
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) // M
                             m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
-                            # read from a clamped row, used only where the row is in range
-                            raw: T.let[T.float32] = T.Cast("float32", s[T.max(T.min(start + p0 + r - window, total - 1), 0), h, m])
                             w16[r * w16_row + m] = T.Cast(kv_dtype, T.if_then_else(
                                 r < valid and p0 + r >= window,
-                                write_strength(raw, s_from_g) * T.exp(gcum[last, h, m] - gcum[start + p0 + r, h, m]),
+                                write_strength(s[start + p0 + r - window, h, m], s_from_g) * T.exp(gcum[last, h, m] - gcum[start + p0 + r, h, m]),
                                 T.float32(0)))
                         # dS = k'^T w ([K, M]) and dR = w^T v' ([M, V]): the left operands read
                         # transposed (column major) from the token-major tiles
@@ -180,8 +178,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                                 m: T.let[T.int32] = (j * THREADS + tid) % w_row
                                 if r < valid and p0 + r >= window and m < M:
                                     # exponent <= 0: G decreases along the chunk
-                                    raw: T.let[T.float32] = T.Cast("float32", s[start + p0 + r - window, h, m])
-                                    w[r, m] = write_strength(raw, s_from_g) * T.exp(
+                                    w[r, m] = write_strength(s[start + p0 + r - window, h, m], s_from_g) * T.exp(
                                         gcum[last, h, m] - gcum[start + p0 + r, h, m])
                                 else:
                                     w[r, m] = T.float32(0)
