@@ -30,12 +30,11 @@ def _aligned(x: Tensor, bytes_: int = 16) -> Tensor:
 
 
 @torch.library.custom_op("nha::prefill", mutates_args=(), device_types=("cpu", "cuda"))
-def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_seqlens: Tensor,
+def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: Tensor,
             h0k: Optional[Tensor], h0v: Optional[Tensor], window: int, scale: float,
             rope_theta: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
-    """Packed prefill: q [1, total, HQ, K] ... with int32 cu_seqlens [N + 1] (s None: 1 - exp(g),
-    computed in the CUDA kernels where they read it). Returns o [1, total, HQ, V] and the final
-    slot states hk [N, H, K, M], hv [N, H, M, V]."""
+    """Packed prefill: q [1, total, HQ, K] ... with int32 cu_seqlens [N + 1].
+    Returns o [1, total, HQ, V] and the final slot states hk [N, H, K, M], hv [N, H, M, V]."""
     _, total, HQ, K = q.shape
     H, V, M = k.shape[2], v.shape[3], g.shape[3]
     N = cu_seqlens.shape[0] - 1
@@ -52,17 +51,13 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         return o, hk, hv
     arch = arch_name(dev)
     q3, k3, v3 = q.view(total, HQ, K), k.view(total, H, K), v.view(total, H, V)
-    g3 = g.view(total, H, M)
+    g3, s3 = g.view(total, H, M), s.view(total, H, M)
     window = min(window, total)  # W >= T is all the same, and fits the kernels' int32
     plan = prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
                            gate_dtype=dtype_name(g.dtype), arch=arch)
     chunked = "gates" in plan  # the chunked algorithm (kernel_plan), else the portable one
-    if chunked:  # its CUDA kernels read 16-byte vectors, and make the default s themselves
+    if chunked:  # its CUDA kernels read 16-byte vectors
         q3, k3, v3 = (_aligned(x) for x in (q3, k3, v3))
-        s3 = g3 if s is None else s.view(total, H, M)
-    else:
-        s3 = -torch.expm1(g3) if s is None else s.view(total, H, M)
-    s_from_g = int(chunked and s is None)
     # the chunk-start states the output pass reads (float32, or 16-bit for tensor cores)
     start_dtype = getattr(torch, plan["state_scan"][1]["state_dtype"]) if chunked else torch.float32
     # an upper bound on the chunks, known without reading cu_seqlens: the chunks past the
@@ -91,7 +86,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
         delta_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
         kernel("state_delta", window=window)(k3, v3, s3, gcum, cu_seqlens, chunk_offsets,
-                                             chunk_seq, delta_k, delta_v, window, s_from_g)
+                                             chunk_seq, delta_k, delta_v, window)
         kernel("state_scan", window=window)(gcum, cu_seqlens, chunk_offsets, h0k, h0v,
                                             delta_k, delta_v, chunk_k, chunk_v, hk, hv)
         gates = gcum
@@ -99,9 +94,9 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         kernel("state", window=window)(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v,
                                        chunk_k, chunk_v, hk, hv, window)
         gates = g3
-    attend_args = (q3, q_rot, k3, k_rot, v3, gates, s3, cu_seqlens, chunk_offsets, chunk_seq,
-                   chunk_k, chunk_v, o.view(total, HQ, V), window, scale)
-    kernel("attend", window=window)(*attend_args, *((s_from_g,) if chunked else ()))
+    kernel("attend", window=window)(q3, q_rot, k3, k_rot, v3, gates, s3, cu_seqlens,
+                                    chunk_offsets, chunk_seq, chunk_k, chunk_v,
+                                    o.view(total, HQ, V), window, scale)
     return o, hk, hv
 
 

@@ -11,14 +11,19 @@ RoPE, when on, is applied on the fly to q at position t and to each window key a
 
 from tvm.script import tirx as T
 
-from .strength import write_strength
+
+def write_strength(s_value, g_value, s_from_g):
+    """The write strength of a token: s as given, or the default 1 - exp(g) when ``s_from_g``
+    (the caller then passes g's buffer as s, and no tensor of s is made)."""
+    return T.if_then_else(s_from_g != 0, T.float32(1) - T.exp(T.Cast("float32", g_value)),
+                          T.Cast("float32", s_value))
 
 
 def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_dtype: str):
     """Build the decode step. Arguments: q [B, HQ, K], k [B, H, K], v [B, H, V], g and s
     [B, H, M], the cache (hk, hv, ring_k [B, R, H, K], ring_v [B, R, H, V], ring_g and ring_s
     [B, R, H, M], pos [B] int32), the output o [B, HQ, V], then window, scale, use_rope, theta
-    and s_from_g (nonzero: s holds g, and s = 1 - exp(g), ``strength.write_strength``).
+    and s_from_g (nonzero: s is 1 - exp(g), see ``write_strength``).
     """
     group = HQ // H
     half = K // 2
@@ -60,7 +65,7 @@ def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_
                 if pos[vb] >= window:
                     if window == 0:
                         hk[vb, vh, vi, vm] = hk[vb, vh, vi, vm] * T.exp(T.Cast("float32", g[vb, vh, vm])) + (
-                            T.Cast("float32", k[vb, vh, vi]) * write_strength(s[vb, vh, vm], s_from_g))
+                            T.Cast("float32", k[vb, vh, vi]) * write_strength(s[vb, vh, vm], g[vb, vh, vm], s_from_g))
                     else:
                         hk[vb, vh, vi, vm] = hk[vb, vh, vi, vm] * T.exp(ring_g[vb, pos[vb] % T.max(window, 1), vh, vm]) + (
                             T.Cast("float32", ring_k[vb, pos[vb] % T.max(window, 1), vh, vi]) * ring_s[vb, pos[vb] % T.max(window, 1), vh, vm])
@@ -73,7 +78,7 @@ def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_
                 if pos[vb] >= window:
                     if window == 0:
                         hv[vb, vh, vm, ve] = hv[vb, vh, vm, ve] * T.exp(T.Cast("float32", g[vb, vh, vm])) + (
-                            write_strength(s[vb, vh, vm], s_from_g) * T.Cast("float32", v[vb, vh, ve]))
+                            write_strength(s[vb, vh, vm], g[vb, vh, vm], s_from_g) * T.Cast("float32", v[vb, vh, ve]))
                     else:
                         hv[vb, vh, vm, ve] = hv[vb, vh, vm, ve] * T.exp(ring_g[vb, pos[vb] % T.max(window, 1), vh, vm]) + (
                             ring_s[vb, pos[vb] % T.max(window, 1), vh, vm] * T.Cast("float32", ring_v[vb, pos[vb] % T.max(window, 1), vh, ve]))
@@ -93,7 +98,7 @@ def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_
                 vb, vh, vm = T.axis.remap("SSS", [b, h, m])
                 if window > 0:
                     ring_g[vb, pos[vb] % T.max(window, 1), vh, vm] = T.Cast("float32", g[vb, vh, vm])
-                    ring_s[vb, pos[vb] % T.max(window, 1), vh, vm] = write_strength(s[vb, vh, vm], s_from_g)
+                    ring_s[vb, pos[vb] % T.max(window, 1), vh, vm] = write_strength(s[vb, vh, vm], g[vb, vh, vm], s_from_g)
         # 3. read-out: M slot logits and the window keys in one online softmax
         for b, hq in T.grid(B, HQ):
             with T.sblock("attend"):

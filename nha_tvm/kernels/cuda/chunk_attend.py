@@ -41,7 +41,6 @@ import operator
 
 from tvm.script import tirx as T
 
-from ..strength import write_strength
 from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
 from .staging import VEC, load_rows, stage_rows, store_rows
 from .wmma import tiles_per_warp, warp_matmul, warp_tiles
@@ -187,8 +186,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     [total, H, K], v [total, H, V], gcum (float32 gate prefix sums inside
     chunks) and s [total, H, M], cu_seqlens and chunk_offsets [N + 1], chunk_seq [NC],
     chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (chunk-start states, in ``state_dtype``),
-    the output o [total, HQ, V], then the window W, the softmax scale and s_from_g (nonzero:
-    s holds g, and s = 1 - exp(g), ``strength.write_strength``)."""
+    the output o [total, HQ, V], then the window W and the softmax scale."""
     assert C % TY == 0 and C % TX == 0, "the chunk must be a multiple of 16 tokens"
     lay = tile_layout(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
     tensor_cores, key_dtype, slots_tc = lay["tensor_cores"], lay["key_dtype"], lay["slots_tc"]
@@ -215,7 +213,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
         q_h: T.handle, qr_h: T.handle, k_h: T.handle, kr_h: T.handle, v_h: T.handle,
         gcum_h: T.handle, s_h: T.handle, cu_h: T.handle, choff_h: T.handle, chseq_h: T.handle,
         chunk_k_h: T.handle, chunk_v_h: T.handle, o_h: T.handle,
-        window: T.int32, scale: T.float32, s_from_g: T.int32,
+        window: T.int32, scale: T.float32,
     ):
         T.func_attr({"global_symbol": "chunk_attend_cuda", "tirx.noalias": True,
                      "nha.kernel": "chunk_attend_cuda"})
@@ -321,7 +319,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
                         gs[r * (M + 1) + m] = T.if_then_else(r < valid, gcum[start + p0 + r, h, m], T.float32(0))
                         ss[r * (M + 1) + m] = T.if_then_else(r < valid and p0 + r >= window,
-                                                  write_strength(s[start + p0 + r - window, h, m], s_from_g), T.float32(0))
+                                                  T.Cast("float32", s[start + p0 + r - window, h, m]), T.float32(0))
                     if slots_tc:
                         stage_state_whole(state16, chunk_k, c, h, K, M, s_row, tid)
 

@@ -17,7 +17,6 @@ output, so that per token a thread reads its rows and its columns as one vector 
 
 from tvm.script import tirx as T
 
-from ..strength import write_strength
 from .layout import THREADS, TX, TY, ceil_div
 from .staging import VEC, stage_rows
 from .wmma import deals_by_rows, tiles_per_warp, warp_matmul, warp_store
@@ -74,8 +73,7 @@ def on_tensor_cores(*, K: int, V: int, M: int, kv_dtype: str) -> bool:
 def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str):
     """Arguments: k [total, H, K], v [total, H, V], s [total, H, M], gcum [total, H, M]
     (float32 gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], chunk_seq
-    [NC], the outputs chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (float32), the window,
-    then s_from_g (nonzero: s holds g, and s = 1 - exp(g), ``strength.write_strength``)."""
+    [NC], the outputs chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (float32), the window."""
     rows_k, rows_m, cols_m, cols_v = ceil_div(K, TY), ceil_div(M, TY), ceil_div(M, TX), ceil_div(V, TX)
     tensor_cores = on_tensor_cores(K=K, V=V, M=M, kv_dtype=kv_dtype)
     if tensor_cores:  # WMMA tiles, rows padded by 16 bytes so a tile's rows spread over the banks
@@ -95,7 +93,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     @T.prim_func(s_tir=True)
     def func(k_h: T.handle, v_h: T.handle, s_h: T.handle, gcum_h: T.handle, cu_h: T.handle,
              choff_h: T.handle, chseq_h: T.handle, chunk_k_h: T.handle, chunk_v_h: T.handle,
-             window: T.int32, s_from_g: T.int32):
+             window: T.int32):
         T.func_attr({"global_symbol": "chunk_state_delta", "tirx.noalias": True,
                      "nha.kernel": "chunk_state_delta"})
         total = T.int32()
@@ -159,7 +157,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                             m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
                             w16[r * w16_row + m] = T.Cast(kv_dtype, T.if_then_else(
                                 r < valid and p0 + r >= window,
-                                write_strength(s[start + p0 + r - window, h, m], s_from_g) * T.exp(gcum[last, h, m] - gcum[start + p0 + r, h, m]),
+                                T.Cast("float32", s[start + p0 + r - window, h, m]) * T.exp(gcum[last, h, m] - gcum[start + p0 + r, h, m]),
                                 T.float32(0)))
                         # dS = k'^T w ([K, M]) and dR = w^T v' ([M, V]): the left operands read
                         # transposed (column major) from the token-major tiles
@@ -178,7 +176,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                                 m: T.let[T.int32] = (j * THREADS + tid) % w_row
                                 if r < valid and p0 + r >= window and m < M:
                                     # exponent <= 0: G decreases along the chunk
-                                    w[r, m] = write_strength(s[start + p0 + r - window, h, m], s_from_g) * T.exp(
+                                    w[r, m] = T.Cast("float32", s[start + p0 + r - window, h, m]) * T.exp(
                                         gcum[last, h, m] - gcum[start + p0 + r, h, m])
                                 else:
                                     w[r, m] = T.float32(0)

@@ -48,7 +48,7 @@ import operator
 
 from tvm.script import tirx as T
 
-from ..strength import write_strength
+from ..decode_step import write_strength
 from .layout import ceil_div
 
 
@@ -242,7 +242,7 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
                                 strength_s[j * THREADS + tx] = T.float32(0)
                             elif window == 0:
                                 decay_s[j * THREADS + tx] = T.exp(T.Cast("float32", g[b, h, j * THREADS + tx]))
-                                strength_s[j * THREADS + tx] = write_strength(s[b, h, j * THREADS + tx], s_from_g)
+                                strength_s[j * THREADS + tx] = write_strength(s[b, h, j * THREADS + tx], g[b, h, j * THREADS + tx], s_from_g)
                             else:
                                 decay_s[j * THREADS + tx] = T.exp(ring_g[b, entry, h, j * THREADS + tx])
                                 strength_s[j * THREADS + tx] = ring_s[b, entry, h, j * THREADS + tx]
@@ -279,7 +279,7 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
                         for j in T.unroll(ceil_div(M, THREADS)):
                             if j * THREADS + tx < M:
                                 ring_g[b, entry, h, j * THREADS + tx] = T.Cast("float32", g[b, h, j * THREADS + tx])
-                                ring_s[b, entry, h, j * THREADS + tx] = write_strength(s[b, h, j * THREADS + tx], s_from_g)
+                                ring_s[b, entry, h, j * THREADS + tx] = write_strength(s[b, h, j * THREADS + tx], g[b, h, j * THREADS + tx], s_from_g)
                     # the states stream through in batches of registers; with decay 1 and zero
                     # inputs (no token leaves) a state passes through exactly
                     for batch in T.unroll(state_batches):
