@@ -70,8 +70,8 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
         name, params = plan[role]
         return get_kernel(name, arch, length=total, **bucket, **params)
 
-    int32 = dict(dtype=torch.int32, device=dev)
-    chunk_offsets, chunk_seq, positions = new_output(N + 1, **int32), new_output(num_chunks, **int32), new_output(total, **int32)
+    chunk_offsets, chunk_seq, positions = (new_output(n, dtype=torch.int32, device=dev)
+                                           for n in (N + 1, num_chunks, total))
     kernel("layout")(cu_seqlens, chunk_offsets, chunk_seq, positions)
     if rope_theta is not None:
         q_rot = new_output(total, HQ, K, dtype=q.dtype, device=dev)
