@@ -30,6 +30,8 @@ KERNELS = [
     # head and slot sizes whose 16-blocks are odd (no vector type for a thread's run), tensor
     # cores for the keys but not the slots, and a GQA group that keeps 256 decode threads
     ("chunk_state_delta", dict(H=4, K=80, V=112, M=48, C=64, kv_dtype="bfloat16", gate_dtype="float32")),
+    # float16 state additions: CUDA cores, the rows stored as 16-byte vectors
+    ("chunk_state_delta", dict(H=4, K=128, V=128, M=64, C=64, kv_dtype="float16", gate_dtype="float32")),
     ("chunk_attend_cuda", dict(HQ=4, H=4, K=80, V=80, M=48, C=64, io_dtype="bfloat16", gate_dtype="float32")),
     ("chunk_attend_cuda", dict(HQ=4, H=2, K=64, V=64, M=16, C=64, io_dtype="float16", gate_dtype="float32")),
     ("decode_step_cuda", dict(HQ=32, H=4, K=128, V=128, M=64, io_dtype="bfloat16", gate_dtype="float32")),
@@ -37,7 +39,7 @@ KERNELS = [
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
-@pytest.mark.parametrize("kernel,params", KERNELS, ids=[f"{k}-{p.get('io_dtype', p.get('kv_dtype', 'int32'))}" for k, p in KERNELS])
+@pytest.mark.parametrize("kernel,params", KERNELS, ids=[f"{k}-{next((v for n, v in p.items() if n.endswith('dtype')), 'int32')}" for k, p in KERNELS])
 def test_cuda_kernel_compiles_with_nvcc_for_sm90(kernel, params, tmp_path):
     executable = build(kernel, params, "sm_90")
     source = executable.mod.imports[0].inspect_source()

@@ -95,6 +95,7 @@ def test_gates_near_one(device, dtype, tol):
     o, final = nha_tvm.nha_attention(q, k, v, g, window=0, output_final_state=True)
     ref, ref_final = nha_reference(q, k, v, g, window=0, output_final_state=True)
     assert rel_err(o, ref) <= tol
+    assert rel_err(final[0], ref_final[0]) <= max(tol, 1e-5)
     assert rel_err(final[1], ref_final[1]) <= max(tol, 1e-5)
 
 

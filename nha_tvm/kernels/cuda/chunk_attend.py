@@ -41,9 +41,9 @@ import operator
 
 from tvm.script import tirx as T
 
-from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
+from .layout import LOG2_TX, THREADS, TX, TY, ceil_div
 from .staging import VEC, load_rows, stage_rows, store_rows
-from .wmma import tiles_per_warp, warp_matmul, warp_tiles
+from .wmma import deals_by_rows, tiles_per_warp, warp_matmul, warp_tiles
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
@@ -123,18 +123,19 @@ def sub_block_pairs_matmul(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, 
 
 def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
     """The key and value matmuls run on tensor cores (WMMA 16 x 16 x 16, fp32 accumulate) for
-    16-bit inputs whose tiles divide evenly among the warps; fp32 inputs stay on CUDA cores."""
-    return io_dtype in ("bfloat16", "float16") and K % 16 == 0 and (C // 16) * (V // 16) % WARPS == 0 \
-        and V % 16 == 0 and (C // 16) ** 2 % WARPS == 0
+    16-bit inputs whose [C, C] and [C, V] tiles deal out to the warps by rows
+    (``wmma.warp_tiles``); fp32 inputs stay on CUDA cores."""
+    return io_dtype in ("bfloat16", "float16") and K % 16 == 0 and V % 16 == 0 \
+        and deals_by_rows(C // 16, C // 16) and deals_by_rows(C // 16, V // 16)
 
 
 def slots_on_tensor_cores(*, K: int, V: int, M: int, C: int, io_dtype: str) -> bool:
     """The slot path runs on tensor cores when the key and value matmuls do and the [C, M]
-    tiles divide evenly among the warps: the chunk-start state matmuls (Q S_c and
+    tiles deal out to the warps by rows: the chunk-start state matmuls (Q S_c and
     (P exp(G)) R_c, with the states stored in the 16-bit input dtype, ``state_dtype``) and the
     intra-chunk terms between different 16-token sub-blocks (``sub_block_decays``)."""
     return uses_tensor_cores(K=K, V=V, C=C, io_dtype=io_dtype) and M % 16 == 0 \
-        and (C // 16) * (M // 16) % WARPS == 0
+        and deals_by_rows(C // 16, M // 16)
 
 
 def state_dtype(*, K: int, V: int, M: int, C: int, io_dtype: str) -> str:

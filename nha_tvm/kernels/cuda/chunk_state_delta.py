@@ -9,10 +9,13 @@ Both are small matmuls over the C tokens of the chunk, and every chunk is indepe
 half runs one thread block per (chunk, kv head) with the chunk's k', v' and w staged in shared
 memory. ``chunk_state_scan`` then carries the states from chunk to chunk.
 
-Written with its thread mapping, like TVM's own LLM kernels: 256 threads as a 16 x 16 grid,
-each owning a tile of consecutive rows (ty * rows + a) and columns (tx * cols + b) of the
-output, so that per token a thread reads its rows and its columns as one vector load each
-(the loads, not the multiply-adds, bounded the kernel when each element was a load).
+Written with its thread mapping, like TVM's own LLM kernels. With bfloat16 inputs
+(``on_tensor_cores``) both products are WMMA matmuls (``wmma.warp_tiles``, the left operands
+read column major from the token-major tiles) whose fragments go straight to global memory.
+Otherwise the 256 threads are a 16 x 16 grid, each owning a tile of consecutive rows
+(ty * rows + a) and columns (tx * cols + b) of the output, so that per token a thread reads its
+rows and its columns as one vector load each (the loads, not the multiply-adds, bounded the
+kernel when each element was a load), and stores them in 16-byte vectors where it can.
 """
 
 from tvm.script import tirx as T
@@ -140,8 +143,8 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     p0: T.let[T.int32] = (c - choff[n]) * C
                     valid: T.let[T.int32] = T.if_then_else(chseq[c] < bounds - 1, T.min(C, cu[n + 1] - start - p0), 0)
                     last: T.let[T.int32] = start + p0 + T.max(valid, 1) - 1
-                    # stage the shifted tokens k'_tau = k_{tau - W} (zero before W / past the end)
-                    # (padding columns are zeros: the vector loads below read them)
+                    # stage the shifted tokens k'_tau = k_{tau - W} (zero before W / past the end;
+                    # on CUDA cores the padding columns are zeros too: its vector loads read them)
                     if vector_staging:
                         stage_rows(ks, k_row, C, k, start + p0 - window, window - p0, valid, h, K, total, stage_vec, tid)
                         stage_rows(vs, v_row, C, v, start + p0 - window, window - p0, valid, h, V, total, stage_vec, tid)

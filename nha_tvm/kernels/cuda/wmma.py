@@ -1,5 +1,6 @@
 """Tensor-core matmuls of shared-memory tiles (WMMA 16 x 16 x 16, fp32 accumulate), used by the
-chunk read-out: the output tiles are dealt out evenly to the warps of the block."""
+chunk read-out and the chunk state additions: the output tiles are dealt out evenly to the
+warps of the block."""
 
 from tvm.script import tirx as T
 
