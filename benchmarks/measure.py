@@ -16,7 +16,7 @@ from tqdm import tqdm
 import nha_tvm
 from cost_model import decode_min_bytes, nha_flops, prefill_min_bytes
 from peers import GATE_DTYPE, PREFILL_BUILDERS, WINDOW_FREE, Setup, decode_builders, steady_state_prompt_len
-from timing import Clock, copy_bandwidth, l2_cache_bytes, time_graph_steps, time_rotated
+from timing import Clock, copy_bandwidth, l2_cache_bytes, time_eager, time_graph_steps, time_rotated
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,10 @@ def prefill_record(case: PrefillCase, plan: Plan, setup: Setup, clock: Clock, me
             continue
         results[impl] = measure(impl, plan, setup, partial(builder, case, setup), time_calls)
         measured[key] = (case.name, results[impl])
+    if "ms" in results["nha"]:  # and the same call with the host's work in it (report: "eager")
+        eager = measure("nha", plan, setup, partial(PREFILL_BUILDERS["nha"], case, setup),
+                        lambda calls: time_eager(calls, setup.device, warmup=plan.warmup, reps=plan.reps))
+        results["nha"]["eager_ms"] = eager.get("ms")
     return {"section": "prefill", "name": case.name, "shape": asdict(case),
             "nha_cost": prefill_cost(case, plan, setup), "results": results}
 

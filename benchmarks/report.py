@@ -77,16 +77,25 @@ def peer_cell(case: dict, impl: str) -> str:
     return f"{format_number(peer)} ({format_speedup(peer / nha)}×)"
 
 
+def eager_ms(case: dict):
+    """NHA's ms with the host's work in it (``timing.time_eager``), where it was measured."""
+    return case["results"].get("nha", {}).get("eager_ms")
+
+
 def section_rows(results: dict, section: str, naming=label):
-    """The headers (peers named by naming(impl)) and string rows of one section's table."""
+    """The headers (peers named by naming(impl)) and string rows of one section's table; the
+    NHA eager column only where some case measured it (older results have none)."""
     cases = cases_of(results, section)
     peers = implementations(cases)[1:]
     bandwidth = results["meta"]["copy_bandwidth"]["GB_per_s"]
-    headers = ["shape", "NHA ms"] + [f"{naming(p)} ms (speedup)" for p in peers] + ["roofline", "TFLOP/s"]
+    eager = any(eager_ms(case) is not None for case in cases)
+    headers = (["shape", "NHA ms"] + (["NHA eager ms"] if eager else [])
+               + [f"{naming(p)} ms (speedup)" for p in peers] + ["roofline", "TFLOP/s"])
     rows = []
     for case in cases:
         fraction = roofline_fraction(case, bandwidth)
         rows.append([case["name"], format_number(time_ms(case, "nha"))]
+                    + ([format_number(eager_ms(case))] if eager else [])
                     + [peer_cell(case, p) for p in peers]
                     + ["—" if fraction is None else f"{100 * fraction:.2g} %", format_number(tflops(case))])
     return headers, rows
@@ -132,6 +141,14 @@ def setup_paragraphs(meta: dict) -> list:
     ]
 
 
+def eager_notes(results: dict) -> list:
+    if not any(eager_ms(case) is not None for case in results["cases"]):
+        return []
+    return ["- NHA eager: one prefill call timed on the host clock up to a device synchronize "
+            "after it, median of the same reps, so the host's Python and launch work is in it "
+            "(as an eager PyTorch caller sees one call); NHA ms and the peers keep it out."]
+
+
 def skipped_notes(results: dict) -> list:
     """One line per (implementation, reason), naming the shapes it applies to."""
     skipped = defaultdict(list)
@@ -175,7 +192,7 @@ def section_markdown(results: dict, plots: list, md_dir: Path) -> str:
         parts += [f"![{path.stem}]({Path(os.path.relpath(path, md_dir)).as_posix()})" for path in plots]
     else:
         parts.append("No plots: matplotlib was not installed when this section was generated.")
-    parts += ["### Notes", "\n".join(PEER_NOTES + skipped_notes(results))]
+    parts += ["### Notes", "\n".join(PEER_NOTES + eager_notes(results) + skipped_notes(results))]
     return "\n\n".join(parts)
 
 

@@ -90,6 +90,21 @@ def time_rotated(calls: list, clock: Clock, *, warmup: int, reps: int) -> dict:
     return summarize(times, copies=len(calls))
 
 
+def time_eager(calls: list, device: torch.device, *, warmup: int, reps: int) -> dict:
+    """Median time of one call as an eager PyTorch caller sees it: the host clock from the call
+    to the end of a device synchronize after it, with the host's launch work included (which
+    ``Clock`` keeps out on purpose)."""
+    def timed(call) -> float:
+        start = time.perf_counter()
+        call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - start) * 1e3
+    for i in range(warmup):
+        timed(calls[i % len(calls)])
+    return summarize([timed(calls[(warmup + i) % len(calls)]) for i in range(reps)], copies=len(calls))
+
+
 def time_graph_steps(steps: list, clock: Clock, *, warmup: int, reps: int, min_steps: int) -> dict:
     """Median time per decode step, with max(min_steps, len(steps)) steps captured back to back
     in one CUDA graph (cycling over steps, each on its own cold copy of the state) and each
