@@ -16,7 +16,7 @@ from tqdm import tqdm
 import nha_tvm
 from cost_model import decode_min_bytes, nha_flops, prefill_min_bytes
 from peers import GATE_DTYPE, PREFILL_BUILDERS, WINDOW_FREE, Setup, decode_builders, steady_state_prompt_len
-from timing import Clock, copy_bandwidth, l2_cache_bytes, time_eager, time_graph_steps, time_rotated
+from timing import Clock, EagerClock, copy_bandwidth, l2_cache_bytes, time_graph_steps, time_rotated
 
 
 @dataclass(frozen=True)
@@ -165,6 +165,10 @@ def prefill_record(case: PrefillCase, plan: Plan, setup: Setup, clock: Clock, me
     do not depend on W, so each is timed once per (batch, length)."""
     def time_calls(calls):
         return time_rotated(calls, clock, warmup=plan.warmup, reps=plan.reps)
+
+    def time_nha(calls):  # and on the same inputs with the host's work in it (report: "eager")
+        eager = time_rotated(calls, EagerClock(setup.device), warmup=plan.warmup, reps=plan.reps)
+        return {**time_calls(calls), "eager_ms": eager["ms"]}
     results = {}
     for impl, builder in PREFILL_BUILDERS.items():
         key = (impl, case.batch, case.seq_len)
@@ -172,12 +176,9 @@ def prefill_record(case: PrefillCase, plan: Plan, setup: Setup, clock: Clock, me
             first_case, result = measured[key]
             results[impl] = {**result, "measured_in": first_case}
             continue
-        results[impl] = measure(impl, plan, setup, partial(builder, case, setup), time_calls)
+        results[impl] = measure(impl, plan, setup, partial(builder, case, setup),
+                                time_nha if impl == "nha" else time_calls)
         measured[key] = (case.name, results[impl])
-    if "ms" in results["nha"]:  # and the same call with the host's work in it (report: "eager")
-        eager = measure("nha", plan, setup, partial(PREFILL_BUILDERS["nha"], case, setup),
-                        lambda calls: time_eager(calls, setup.device, warmup=plan.warmup, reps=plan.reps))
-        results["nha"]["eager_ms"] = eager.get("ms")
     return {"section": "prefill", "name": case.name, "shape": asdict(case),
             "nha_cost": prefill_cost(case, plan, setup), "results": results}
 

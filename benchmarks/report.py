@@ -78,7 +78,7 @@ def peer_cell(case: dict, impl: str) -> str:
 
 
 def eager_ms(case: dict):
-    """NHA's ms with the host's work in it (``timing.time_eager``), where it was measured."""
+    """NHA's ms with the host's work in it (``timing.EagerClock``), where it was measured."""
     return case["results"].get("nha", {}).get("eager_ms")
 
 

@@ -43,6 +43,22 @@ class Clock:
         return start.elapsed_time(end)
 
 
+class EagerClock:
+    """Times one call as an eager PyTorch caller sees it: the host clock from the call to the
+    end of a device synchronize after it, the host's launch work included (which ``Clock``
+    keeps out on purpose)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def time_ms(self, fn) -> float:
+        start = time.perf_counter()
+        fn()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return (time.perf_counter() - start) * 1e3
+
+
 def l2_cache_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         size = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0)
@@ -88,21 +104,6 @@ def time_rotated(calls: list, clock: Clock, *, warmup: int, reps: int) -> dict:
         calls[i % len(calls)]()
     times = [clock.time_ms(calls[(warmup + i) % len(calls)]) for i in range(reps)]
     return summarize(times, copies=len(calls))
-
-
-def time_eager(calls: list, device: torch.device, *, warmup: int, reps: int) -> dict:
-    """Median time of one call as an eager PyTorch caller sees it: the host clock from the call
-    to the end of a device synchronize after it, with the host's launch work included (which
-    ``Clock`` keeps out on purpose)."""
-    def timed(call) -> float:
-        start = time.perf_counter()
-        call()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return (time.perf_counter() - start) * 1e3
-    for i in range(warmup):
-        timed(calls[i % len(calls)])
-    return summarize([timed(calls[(warmup + i) % len(calls)]) for i in range(reps)], copies=len(calls))
 
 
 def time_graph_steps(steps: list, clock: Clock, *, warmup: int, reps: int, min_steps: int) -> dict:

@@ -22,8 +22,9 @@ def capability(arch: str) -> tuple[int, int]:
 def cuda_target(arch: str) -> tvm.target.Target:
     """Target for an ``sm_XY`` architecture: the TVM tag where one exists, else the limits
     every CUDA GPU since sm_70 has."""
-    if capability(arch) in CUDA_TAGS:
-        return tvm.target.Target(CUDA_TAGS[capability(arch)])
+    tag = CUDA_TAGS.get(capability(arch))
+    if tag is not None:
+        return tvm.target.Target(tag)
     return tvm.target.Target({"kind": "cuda", "arch": arch, "max_threads_per_block": 1024,
                               "max_shared_memory_per_block": 49152, "thread_warp_size": 32})
 

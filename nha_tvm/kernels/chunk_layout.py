@@ -44,8 +44,8 @@ def chunk_layout(*, C: int):
                 T.reads(cu[0:bounds])
                 T.writes(choff[vn])
                 acc = T.sblock_alloc_buffer((1,), "int32", scope="local")
-                # a sum over the sequences before: O(N) per entry, O(N^2) in all, which is a
-                # few microseconds for thousands of sequences (a scan would serve ~1e5)
+                # a sum over the sequences before: O(N) per entry, O(N^2) in all (small next
+                # to the prefill for batches of few sequences; very many would want a scan)
                 acc[0] = 0
                 for j in T.serial(vn):
                     acc[0] = acc[0] + (cu[j + 1] - cu[j] + C - 1) // C

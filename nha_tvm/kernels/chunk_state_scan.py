@@ -19,7 +19,7 @@ from tvm.script import tirx as T
 UNROLL = 8
 
 
-def chunk_state_scan(*, H: int, K: int, V: int, M: int, C: int, state_dtype: str = "float32"):
+def chunk_state_scan(*, H: int, K: int, V: int, M: int, C: int, state_dtype: str):
     """Arguments: gcum [total, H, M] (gate prefix sums inside chunks), cu_seqlens and
     chunk_offsets [N + 1], h0k [N, H, K, M], h0v [N, H, M, V] (initial state), delta_k
     [NC, H, K, M] and delta_v [NC, H, M, V] (float32 per-chunk additions), then the outputs

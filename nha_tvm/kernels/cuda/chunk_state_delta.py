@@ -76,7 +76,8 @@ def on_tensor_cores(*, K: int, V: int, M: int, kv_dtype: str) -> bool:
 def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str):
     """Arguments: k [total, H, K], v [total, H, V], s [total, H, M], gcum [total, H, M]
     (float32 gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], chunk_seq
-    [NC], the outputs chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (float32), the window."""
+    [NC], the outputs chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (float32: what each chunk
+    adds, ``chunk_state_scan``'s delta_k and delta_v), the window."""
     rows_k, rows_m, cols_m, cols_v = ceil_div(K, TY), ceil_div(M, TY), ceil_div(M, TX), ceil_div(V, TX)
     tensor_cores = on_tensor_cores(K=K, V=V, M=M, kv_dtype=kv_dtype)
     if tensor_cores:  # WMMA tiles, rows padded by 16 bytes so a tile's rows spread over the banks
