@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import nha_tvm
+from nha_tvm.kernels.cuda.chunk_attend import diagonal_decay_limit
 from nha_tvm.reference import nha_reference
 
 from .conftest import DEVICE_CASES, make_inputs, rel_err
@@ -94,6 +95,30 @@ def test_gates_near_one(device, dtype, tol):
     g = -(1 + torch.rand(1, 150, 2, 32, device=device)) * 1e-6
     o, final = nha_tvm.nha_attention(q, k, v, g, window=0, output_final_state=True)
     ref, ref_final = nha_reference(q, k, v, g, window=0, output_final_state=True)
+    assert rel_err(o, ref) <= tol
+    assert rel_err(final[0], ref_final[0]) <= max(tol, 1e-5)
+    assert rel_err(final[1], ref_final[1]) <= max(tol, 1e-5)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("strength", ["near_the_limit", "past_it_in_some_chunks"])
+@pytest.mark.parametrize("W", [0, 20])
+def test_strong_gates(device, dtype, tol, strength, W):
+    """Gates that forget fast. On tensor cores the diagonal 16-token blocks of a chunk go
+    through a reference point while the gates' decay over 16 tokens stays within a limit
+    (``diagonal_decay_limit``: 60 for bf16, 8 for fp16), and through the pairwise form past it.
+    Near the limit the reference point's factors are as large as they get; past it (g down
+    to -40 in a stretch of tokens and slots) some chunks take each form in the same call."""
+    B, T, HQ, H, K, V, M = 1, 200, 2, 2, 64, 64, 32
+    q, k, v, g, _ = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype)
+    limit = diagonal_decay_limit("float16" if dtype == torch.float16 else "bfloat16")
+    if strength == "near_the_limit":
+        g = torch.full_like(g, -0.95 * limit / 16)
+    else:
+        g = g.clone()
+        g[:, 70:110, :, : M // 2] = (-40 * torch.rand(B, 40, H, M // 2, device=device)).to(g.dtype)
+    o, final = nha_tvm.nha_attention(q, k, v, g, window=W, output_final_state=True)
+    ref, ref_final = nha_reference(q, k, v, g, window=W, output_final_state=True)
     assert rel_err(o, ref) <= tol
     assert rel_err(final[0], ref_final[0]) <= max(tol, 1e-5)
     assert rel_err(final[1], ref_final[1]) <= max(tol, 1e-5)

@@ -41,7 +41,7 @@ import operator
 
 from tvm.script import tirx as T
 
-from .layout import LOG2_TX, THREADS, TX, TY, ceil_div
+from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
 from .staging import VEC, load_rows, stage_rows, store_rows
 from .wmma import deals_by_rows, tiles_per_warp, warp_matmul, warp_tiles
 
@@ -100,25 +100,44 @@ def stage_state_whole(tile, src, c, h, rows, cols, row_stride, tid):
 
 
 def sub_block_offset(i):
-    """First row of U_i among the rows of all U_i (``sub_block_rows``): 16 * (1 + ... + i-1)."""
+    """First row of U_i's rows before sub-block i among those of all U_i: 16 * (1 + ... + i-1)."""
     return 8 * i * (i - 1)
+
+
+def earlier_rows(sub_blocks: int) -> int:
+    """Rows of all U_i before their sub-blocks; the diagonal rows (one per token) follow them."""
+    return sub_block_offset(sub_blocks)
+
+
+def u_row_of(i, j, sub_blocks):
+    """First row of U_i's 16 rows of sub-block j <= i (j == i: the diagonal rows)."""
+    return T.if_then_else(j < i, sub_block_offset(i) + j * 16, earlier_rows(sub_blocks) + i * 16)
 
 
 @T.macro
 def sub_block_rows_matmul(warp, fa, fb, fc, out, out_ld, x, x_ld, u, u_ld, sub_blocks, n_tiles):
-    """out[t, n] = sum_{tau < 16 i} x[t, tau] u[off_i + tau, n] for the rows t of each
-    sub-block i (sub-block 0 gets zeros)."""
+    """out[t, n] = sum_{tau < 16 (i + 1)} x[t, tau] U_i[tau, n] for the rows t of each
+    sub-block i (x masked to tau <= t)."""
     warp_tiles(warp, fa, fb, fc, out, out_ld, x, x_ld, u, u_ld, "row_major", sub_blocks, n_tiles,
-               lambda i, n: i, lambda i, n, kk: (sub_block_offset(i) + kk * 16) * u_ld + n * 16)
+               lambda i, n: i + 1, lambda i, n, kk: u_row_of(i, kk, sub_blocks) * u_ld + n * 16)
 
 
 @T.macro
 def sub_block_pairs_matmul(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, sub_blocks, k_tiles):
-    """out[t, tau] = sum_m pe[t, m] u[off_i + tau, m] for t in sub-block i and tau in an
-    earlier sub-block j (the 16 x 16 tile (i, j)); tiles with j >= i get zeros."""
+    """out[t, tau] = sum_m pe[t, m] U_i[tau, m] for t in sub-block i and tau in sub-block
+    j <= i (the 16 x 16 tile (i, j)); tiles with j > i get zeros."""
     warp_tiles(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, "col_major", sub_blocks, sub_blocks,
-               lambda i, j: T.if_then_else(j < i, k_tiles, 0),
-               lambda i, j, kk: (sub_block_offset(i) + j * 16) * u_ld + kk * 16)
+               lambda i, j: T.if_then_else(j <= i, k_tiles, 0),
+               lambda i, j, kk: u_row_of(i, j, sub_blocks) * u_ld + kk * 16)
+
+
+def diagonal_decay_limit(io_dtype: str) -> float:
+    """The largest decay over a 16-token sub-block, -(G_last - G_rho), for which the diagonal
+    blocks go through the reference point on tensor cores: the factor exp(G_rho - G_tau) <= e^L
+    of U's diagonal rows must stay finite in the 16-bit dtype (bf16 keeps fp32's range, fp16
+    ends at 65504 ~ e^11) and exp(G_t - G_rho) >= e^-L stays a normal fp32 or fp16 number.
+    Stronger gates take the pairwise loops."""
+    return 60.0 if io_dtype == "bfloat16" else 8.0
 
 
 def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
@@ -165,9 +184,9 @@ def tile_layout(*, K: int, V: int, M: int, C: int, io_dtype: str) -> dict:
 
 
 def sub_block_rows(C: int) -> int:
-    """Rows of all U_i together: U_i has a row per token before sub-block i (16 i), i >= 1."""
-    blocks = C // 16
-    return 16 * blocks * (blocks - 1) // 2
+    """Rows of all U_i together: U_i has a row per token before sub-block i (16 i), then the
+    diagonal rows, one per token of the chunk (U_i's rows of sub-block i)."""
+    return earlier_rows(C // 16) + C
 
 
 def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
@@ -178,7 +197,8 @@ def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
     state = lay["state_tile"] * io if lay["slots_tc"] else STATE_ROWS * max(M, V) * 4
     return C * (lay["q_row"] * io + lay["key_row"] * key + lay["v_row"] * io + 2 * (M + 1) * 4
                 + M * 4 + lay["x_row"] * 4 + lay["w_row"] * io + lay["prod_row"] * 4
-                + lay["pw_row"] * io) + state + lay["u_rows"] * lay["u_row"] * io
+                + lay["pw_row"] * io) + state + lay["u_rows"] * lay["u_row"] * io \
+        + (WARPS * 4 if lay["slots_tc"] else 0)
 
 
 def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: str,
@@ -196,11 +216,17 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     s_row, pw_row = max(lay["s_row"], 1), max(lay["pw_row"], 1)
     u_rows, u_row = lay["u_rows"], max(lay["u_row"], 1)
     sub_blocks = C // 16
+    off_rows = earlier_rows(sub_blocks)
+    limit = diagonal_decay_limit(io_dtype)
 
     def sub_block_of(r):
-        """The i of U_i whose rows hold row r of all U_i."""
+        """The i of U_i whose rows before sub-block i hold row r of them all."""
         return functools.reduce(operator.add, [T.if_then_else(r >= sub_block_offset(i), 1, 0)
                                                for i in range(2, sub_blocks)], T.int32(1))
+
+    def g_before(gs, i, m):
+        """G_rho[m] at the last token before sub-block i (0 before the chunk)."""
+        return T.if_then_else(i >= 1, gs[T.max(16 * i - 1, 0) * (M + 1) + m], T.float32(0))
     chunk_dtype = state_dtype(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
     group = HQ // H
     rows = C // TY
@@ -257,7 +283,9 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     state = T.sblock_alloc_buffer((1,) if slots_tc else (STATE_ROWS * max(M, V),), "float32", scope="shared.dyn")
                     state16 = T.sblock_alloc_buffer((lay["state_tile"],) if slots_tc else (1,), io_dtype, scope="shared.dyn")
                     pw = T.sblock_alloc_buffer((C * pw_row,) if slots_tc else (1,), io_dtype, scope="shared.dyn")
-                    u = T.sblock_alloc_buffer((u_rows * u_row,) if slots_tc and u_rows > 0 else (1,), io_dtype, scope="shared.dyn")
+                    u = T.sblock_alloc_buffer((u_rows * u_row,) if slots_tc else (1,), io_dtype, scope="shared.dyn")
+                    # each warp's largest decay over a sub-block (see ``diagonal_decay_limit``)
+                    warp_decay = T.sblock_alloc_buffer((WARPS,) if slots_tc else (1,), "float32", scope="shared.dyn")
                     # tensor cores: 16-bit weights (P, X) as the A operand, and the product tile
                     weights = T.sblock_alloc_buffer((C * w_row,) if tensor_cores else (1,), io_dtype, scope="shared.dyn")
                     product = T.sblock_alloc_buffer((C * prod_row,) if tensor_cores else (1,), "float32", scope="shared.dyn")
@@ -278,7 +306,9 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     p_row = T.sblock_alloc_buffer((rows,), "float32", scope="local")
                     s_col = T.sblock_alloc_buffer((max(cols_m, cols_c),), "float32", scope="local")
                     g_col = T.sblock_alloc_buffer((max(cols_m, cols_c),), "float32", scope="local")
-                    u_vals = T.sblock_alloc_buffer((max(ceil_div(u_rows * M, THREADS), 1),), "float32", scope="local")
+                    u_vals = T.sblock_alloc_buffer((max(ceil_div(off_rows * M, THREADS), 1),), "float32", scope="local")
+                    diag_vals = T.sblock_alloc_buffer((ceil_div(C * M, THREADS),), "float32", scope="local")
+                    decay = T.sblock_alloc_buffer((1,), "float32", scope="local")
                     pe_vals = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
                     # a thread's share of a [C, K or V] tile in 16-byte vectors (tensor cores)
                     stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if tensor_cores else (1,), io_dtype, scope="local")
@@ -326,7 +356,28 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
 
                     # ---- slot logits, inter-chunk part: (Q S_c) * exp(G) ----
                     if slots_tc:
+                        # U's diagonal rows, s'_tau exp(G_rho - G_tau) for tau in sub-block i (a
+                        # factor >= 1, capped at e^limit), and the chunk's largest decay over a
+                        # sub-block (to its last real token): within the limit, the diagonal
+                        # blocks go through the matmuls too; past it, through the pairwise loops.
+                        # (Read before the matmul and stored after it: no barrier of their own.)
+                        for j in T.unroll(ceil_div(C * M, THREADS)):
+                            r: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) // M
+                            m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
+                            diag_vals[j] = ss[r * (M + 1) + m] * T.exp(T.min(g_before(gs, r // 16, m) - gs[r * (M + 1) + m], T.float32(limit)))
+                        decay[0] = T.float32(0)
+                        for j in T.unroll(ceil_div(sub_blocks * M, THREADS)):
+                            i: T.let[T.int32] = T.min(j * THREADS + tid, sub_blocks * M - 1) // M
+                            m: T.let[T.int32] = T.min(j * THREADS + tid, sub_blocks * M - 1) % M
+                            decay[0] = T.max(decay[0], g_before(gs, i, m) - gs[T.max(T.min(16 * i + 15, valid - 1), 16 * i) * (M + 1) + m])
+                        for k in T.unroll(5):
+                            decay[0] = T.max(decay[0], T.tvm_warp_shuffle(
+                                T.tvm_warp_activemask(), decay[0], (tid % 32) ^ (16 >> k), 32, 32))
                         warp_matmul(warp, fa, fb, fc, product, prod_row, qs, q_row, state16, s_row, "row_major", C // 16, M // 16, K // 16)
+                        warp_decay[warp] = decay[0]  # every lane stores the same value
+                        for j in T.unroll(ceil_div(C * M, THREADS)):
+                            u[(off_rows + T.min(j * THREADS + tid, C * M - 1) // M) * u_row
+                              + T.min(j * THREADS + tid, C * M - 1) % M] = T.Cast(io_dtype, diag_vals[j])
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_m):
                                 acc_m[a, b] = product[(ty + TY * a) * prod_row + tx + TX * b]
@@ -344,54 +395,61 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
                                 xs[(ty + TY * a) * x_row + tx + TX * b] = acc_c[a, b]
-                    if slots_tc and u_rows > 0:
-                        # sub-blocks: X in 16 bits, and U_i (tau before sub-block i, whose
-                        # last token before it is rho_i = 16 i - 1) for the matmuls below
+                    if slots_tc:
+                        # sub-blocks: X in 16 bits (tau <= t; the diagonal blocks zeroed when
+                        # the gates are past the limit), and U_i's rows before sub-block i
+                        # (whose last token before it is rho_i = 16 i - 1) for the matmuls below
                         # (reads into registers first, stores after: a store between two reads of
                         # the merged dynamic shared memory would cost a barrier each)
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
                                 acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
-                        for j in T.unroll(ceil_div(u_rows * M, THREADS)):
-                            r: T.let[T.int32] = T.min(j * THREADS + tid, u_rows * M - 1) // M
-                            m: T.let[T.int32] = T.min(j * THREADS + tid, u_rows * M - 1) % M
+                        for j in T.unroll(ceil_div(off_rows * M, THREADS)):
+                            r: T.let[T.int32] = T.min(j * THREADS + tid, off_rows * M - 1) // M
+                            m: T.let[T.int32] = T.min(j * THREADS + tid, off_rows * M - 1) % M
                             ib: T.let[T.int32] = sub_block_of(r)
                             tau: T.let[T.int32] = r - sub_block_offset(ib)
                             u_vals[j] = ss[tau * (M + 1) + m] * T.exp(gs[(16 * ib - 1) * (M + 1) + m] - gs[tau * (M + 1) + m])
+                        decay[0] = warp_decay[0]
+                        for w in T.unroll(1, WARPS):
+                            decay[0] = T.max(decay[0], warp_decay[w])
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
-                                weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, acc_c[a, b])
-                        for j in T.unroll(ceil_div(u_rows * M, THREADS)):
-                            u[T.min(j * THREADS + tid, u_rows * M - 1) // M * u_row
-                              + T.min(j * THREADS + tid, u_rows * M - 1) % M] = T.Cast(io_dtype, u_vals[j])
-                        # A[t] += exp(G_t - G_rho) * sum_{tau < 16 i} X[t, tau] U_i[tau] for t in sub-block i
+                                weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, T.Select(
+                                    b < a or (b == a and tx <= ty and decay[0] <= T.float32(limit)), acc_c[a, b], T.float32(0)))
+                        for j in T.unroll(ceil_div(off_rows * M, THREADS)):
+                            u[T.min(j * THREADS + tid, off_rows * M - 1) // M * u_row
+                              + T.min(j * THREADS + tid, off_rows * M - 1) % M] = T.Cast(io_dtype, u_vals[j])
+                        # A[t] += exp(G_t - G_rho) * sum_{tau <= t} X[t, tau] U_i[tau] for t in sub-block i
                         sub_block_rows_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, u, u_row, sub_blocks, M // 16)
-                    # register-blocked: per key tau each thread loads s'_tau and G_tau of its
-                    # columns once for all its rows; rows of an earlier 16-token block than
-                    # tau's are skipped at compile time (or, with sub-blocks on tensor cores,
-                    # taken from the product above), the diagonal block is masked
+                    # the pairwise form (on tensor cores: of the diagonal blocks, when the gates
+                    # are past the limit), register-blocked: per key tau each thread loads s'_tau
+                    # and G_tau of its columns once for all its rows; rows of an earlier 16-token
+                    # block than tau's are skipped at compile time (or, with sub-blocks on tensor
+                    # cores, taken from the product above), the diagonal block is masked
                     # (columns past M are clamped and never stored)
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_m):
                             g_row[a, b] = gs[(ty + TY * a) * (M + 1) + T.min(tx + TX * b, M - 1)]
                             acc_m[a, b] = acc_m[a, b] * T.exp(g_row[a, b])
-                            if slots_tc and a >= 1:
-                                acc_m[a, b] = acc_m[a, b] + T.exp(g_row[a, b] - gs[(16 * a - 1) * (M + 1) + T.min(tx + TX * b, M - 1)]) \
-                                    * product[(ty + TY * a) * prod_row + T.min(tx + TX * b, M - 1)]
-                    for block in T.unroll(rows):
-                        for tt in T.serial(TY):
-                            for b in T.unroll(cols_m):
-                                s_col[b] = ss[(block * TY + tt) * (M + 1) + T.min(tx + TX * b, M - 1)]
-                                g_col[b] = gs[(block * TY + tt) * (M + 1) + T.min(tx + TX * b, M - 1)]
-                            for a in T.unroll(rows):
-                                if a == block or (a > block and not slots_tc):
-                                    for b in T.unroll(cols_m):
-                                        # a select, not a branch: the exponent of a masked
-                                        # pair may overflow, and is dropped
-                                        acc_m[a, b] = acc_m[a, b] + T.Select(
-                                            block * TY + tt <= ty + TY * a,
-                                            xs[(ty + TY * a) * x_row + block * TY + tt] * s_col[b] * T.exp(g_row[a, b] - g_col[b]),
-                                            T.float32(0))
+                            if slots_tc:
+                                acc_m[a, b] = acc_m[a, b] + T.exp(g_row[a, b] - g_before(gs, a, tx + TX * b)) \
+                                    * product[(ty + TY * a) * prod_row + tx + TX * b]
+                    if not slots_tc or decay[0] > T.float32(limit):
+                        for block in T.unroll(rows):
+                            for tt in T.serial(TY):
+                                for b in T.unroll(cols_m):
+                                    s_col[b] = ss[(block * TY + tt) * (M + 1) + T.min(tx + TX * b, M - 1)]
+                                    g_col[b] = gs[(block * TY + tt) * (M + 1) + T.min(tx + TX * b, M - 1)]
+                                for a in T.unroll(rows):
+                                    if a == block or (a > block and not slots_tc):
+                                        for b in T.unroll(cols_m):
+                                            # a select, not a branch: the exponent of a masked
+                                            # pair may overflow, and is dropped
+                                            acc_m[a, b] = acc_m[a, b] + T.Select(
+                                                block * TY + tt <= ty + TY * a,
+                                                xs[(ty + TY * a) * x_row + block * TY + tt] * s_col[b] * T.exp(g_row[a, b] - g_col[b]),
+                                                T.float32(0))
                     # ---- softmax over the M slots (the window joins online below); a row's
                     # 16 threads are 16 lanes of one warp, so its statistics are shuffles ----
                     for a in T.unroll(rows):
@@ -415,42 +473,43 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                 ps[ty + TY * a, tx + TX * b] = acc_m[a, b]
 
                     # ---- slot read-out: X[t, tau] = sum_m P s'_tau exp(G_t - G_tau) ----
-                    if slots_tc and u_rows > 0:
-                        # between sub-blocks (tau before sub-block i <= t's):
+                    if slots_tc:
+                        # through the reference points (tau in sub-block j <= i, t's):
                         # X[t, tau] = sum_m (P exp(G_t - G_rho))[t, m] U_i[tau, m]
                         for a in T.unroll(rows):
-                            if a >= 1:
-                                for b in T.unroll(cols_m):
-                                    pe_vals[a, b] = acc_m[a, b] * T.exp(g_row[a, b] - gs[(16 * a - 1) * (M + 1) + tx + TX * b])
+                            for b in T.unroll(cols_m):
+                                pe_vals[a, b] = acc_m[a, b] * T.exp(g_row[a, b] - g_before(gs, a, tx + TX * b))
                         for a in T.unroll(rows):
-                            if a >= 1:
-                                for b in T.unroll(cols_m):
-                                    pw[(ty + TY * a) * pw_row + tx + TX * b] = T.Cast(io_dtype, pe_vals[a, b])
+                            for b in T.unroll(cols_m):
+                                pw[(ty + TY * a) * pw_row + tx + TX * b] = T.Cast(io_dtype, pe_vals[a, b])
                         sub_block_pairs_matmul(warp, fa, fb_t, fc, xs, x_row, pw, pw_row, u, u_row, sub_blocks, M // 16)
-                    # register-blocked over m like the logits: tau = tx + 16 b <= t = ty + 16 a
-                    # holds for every b < a, for b == a where tx <= ty, never for b > a
-                    # (with sub-blocks on tensor cores only b == a is left)
+                    # the pairwise form, register-blocked over m like the logits: tau = tx + 16 b
+                    # <= t = ty + 16 a holds for every b < a, for b == a where tx <= ty, never
+                    # for b > a (with sub-blocks on tensor cores only b == a, past the limit)
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_c):
                             acc_c[a, b] = T.float32(0)
-                    for m in T.serial(M):
-                        for a in T.unroll(rows):
-                            p_row[a] = ps[ty + TY * a, m]
-                            g_row[a, 0] = gs[(ty + TY * a) * (M + 1) + m]
-                        for b in T.unroll(cols_c):
-                            s_col[b] = ss[(tx + TX * b) * (M + 1) + m]
-                            g_col[b] = gs[(tx + TX * b) * (M + 1) + m]
-                        for a in T.unroll(rows):
+                    if not slots_tc or decay[0] > T.float32(limit):
+                        for m in T.serial(M):
+                            for a in T.unroll(rows):
+                                p_row[a] = ps[ty + TY * a, m]
+                                g_row[a, 0] = gs[(ty + TY * a) * (M + 1) + m]
                             for b in T.unroll(cols_c):
-                                if b == a or (b < a and not slots_tc):
-                                    acc_c[a, b] = acc_c[a, b] + T.Select(
-                                        tx + TX * b <= ty + TY * a,
-                                        p_row[a] * s_col[b] * T.exp(g_row[a, 0] - g_col[b]), T.float32(0))
+                                s_col[b] = ss[(tx + TX * b) * (M + 1) + m]
+                                g_col[b] = gs[(tx + TX * b) * (M + 1) + m]
+                            for a in T.unroll(rows):
+                                for b in T.unroll(cols_c):
+                                    if b == a or (b < a and not slots_tc):
+                                        acc_c[a, b] = acc_c[a, b] + T.Select(
+                                            tx + TX * b <= ty + TY * a,
+                                            p_row[a] * s_col[b] * T.exp(g_row[a, 0] - g_col[b]), T.float32(0))
                     if slots_tc:
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
-                                if b < a:
-                                    acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
+                                if b <= a:
+                                    acc_c[a, b] = acc_c[a, b] + T.Select(
+                                        b < a or (tx <= ty and decay[0] <= T.float32(limit)),
+                                        xs[(ty + TY * a) * x_row + tx + TX * b], T.float32(0))
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_c):
                             if tensor_cores:
