@@ -32,8 +32,12 @@ one, with rho_i = 16 i - 1 the last token before sub-block i (tau <= rho_i < t),
 
 so with U_i[tau, m] = s'_tau[m] exp(G_rho_i[m] - G_tau[m]) the logit term is
 exp(G_t - G_rho_i) * (X U_i)[t] and the read-out weight is ((P exp(G_t - G_rho_i)) U_i^T)[t, tau]:
-matmuls. Only the four diagonal 16 x 16 blocks keep the pairwise decays (where a factor
-through a reference point could overflow for strong gates).
+matmuls. For the diagonal 16 x 16 blocks (tau in t's own sub-block) the same factoring has
+exp(G_rho_i - G_tau) >= 1 and exp(G_t - G_rho_i) <= 1, both bounded by the decay over the
+sub-block, D = max over m and i of (G_rho_i - G_last_i): while D stays within
+``diagonal_decay_limit`` (decided per chunk and head) U_i gets 16 diagonal rows and the
+matmuls take one more k step with X masked to tau <= t; past it those tiles are zeroed and the
+diagonal blocks take the pairwise decays on CUDA cores, which stay finite at any gate strength.
 """
 
 import functools
@@ -152,7 +156,7 @@ def slots_on_tensor_cores(*, K: int, V: int, M: int, C: int, io_dtype: str) -> b
     """The slot path runs on tensor cores when the key and value matmuls do and the [C, M]
     tiles deal out to the warps by rows: the chunk-start state matmuls (Q S_c and
     (P exp(G)) R_c, with the states stored in the 16-bit input dtype, ``state_dtype``) and the
-    intra-chunk terms between different 16-token sub-blocks (``sub_block_decays``)."""
+    intra-chunk terms through a reference point every 16 tokens (module docstring)."""
     return uses_tensor_cores(K=K, V=V, C=C, io_dtype=io_dtype) and M % 16 == 0 \
         and deals_by_rows(C // 16, M // 16)
 
