@@ -101,24 +101,30 @@ def test_gates_near_one(device, dtype, tol):
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
-@pytest.mark.parametrize("strength", ["near_the_limit", "past_it_in_some_chunks"])
+@pytest.mark.parametrize("strength", ["near_the_limit", "past_it_in_some_chunks", "large_explicit_s"])
 @pytest.mark.parametrize("W", [0, 20])
 def test_strong_gates(device, dtype, tol, strength, W):
     """Gates that forget fast. On tensor cores the diagonal 16-token blocks of a chunk go
-    through a reference point while the gates' decay over 16 tokens stays within a limit
-    (``diagonal_decay_limit``: 60 for bf16, 8 for fp16), and through the pairwise form past it.
-    Near the limit the reference point's factors are as large as they get; past it (g down
-    to -40 in a stretch of tokens and slots) some chunks take each form in the same call."""
+    through a reference point while the gates' decay within 16 tokens stays within a limit
+    (``diagonal_decay_limit``: 60 for bf16, 8 for fp16) and every |s| <= 1, and through the
+    pairwise form past it. Near the limit the reference point's factors are as large as they
+    get; past it (g down to -40 in a stretch of tokens and slots, and in the last, partial
+    chunk) some chunks take each form in the same call; an explicit s of up to 40 takes the
+    pairwise form (in fp16 its diagonal terms would pass the dtype's range)."""
     B, T, HQ, H, K, V, M = 1, 200, 2, 2, 64, 64, 32
     q, k, v, g, _ = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype)
     limit = diagonal_decay_limit("float16" if dtype == torch.float16 else "bfloat16")
+    s = None
     if strength == "near_the_limit":
         g = torch.full_like(g, -0.95 * limit / 16)
-    else:
+    elif strength == "past_it_in_some_chunks":
         g = g.clone()
-        g[:, 70:110, :, : M // 2] = (-40 * torch.rand(B, 40, H, M // 2, device=device)).to(g.dtype)
-    o, final = nha_tvm.nha_attention(q, k, v, g, window=W, output_final_state=True)
-    ref, ref_final = nha_reference(q, k, v, g, window=W, output_final_state=True)
+        for first, last in ((70, 110), (192, 200)):
+            g[:, first:last, :, : M // 2] = (-40 * torch.rand(B, last - first, H, M // 2, device=device)).to(g.dtype)
+    else:
+        s = (40 * torch.rand(g.shape, device=device)).to(g.dtype)
+    o, final = nha_tvm.nha_attention(q, k, v, g, window=W, s=s, output_final_state=True)
+    ref, ref_final = nha_reference(q, k, v, g, window=W, s=s, output_final_state=True)
     assert rel_err(o, ref) <= tol
     assert rel_err(final[0], ref_final[0]) <= max(tol, 1e-5)
     assert rel_err(final[1], ref_final[1]) <= max(tol, 1e-5)

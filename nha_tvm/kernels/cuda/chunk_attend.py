@@ -8,8 +8,8 @@ gate prefix sums G [C, M] and the shifted slot inputs k', v', s' (spec, "Chunked
     O  = (P * exp(G)) R_c  +  sum_{tau <= t} (sum_m P s'[tau] exp(G_t - G_tau)) v'_tau
     then the window keys (RoPE'd) in tiles of C, folded into the same softmax online      ...over both
 
-Every exponent is <= 0 (tau <= t and g' <= 0), so nothing overflows at any gate strength. The
-window of a chunk spans at most C + W - 1 keys, visited in tiles, so W may be any size; no
+Every exponent of the pairwise form is <= 0 (tau <= t and g' <= 0), so nothing overflows at any
+gate strength; the factored form below is bounded by a checked limit. The window of a chunk spans at most C + W - 1 keys, visited in tiles, so W may be any size; no
 [T, M + W] score tensor or per-token state ever reaches global memory.
 
 Thread mapping (``layout``): 256 threads as 16 x 16; thread (ty, tx) owns rows t = ty + 16 a of
@@ -34,13 +34,15 @@ so with U_i[tau, m] = s'_tau[m] exp(G_rho_i[m] - G_tau[m]) the logit term is
 exp(G_t - G_rho_i) * (X U_i)[t] and the read-out weight is ((P exp(G_t - G_rho_i)) U_i^T)[t, tau]:
 matmuls. For the diagonal 16 x 16 blocks (tau in t's own sub-block) the same factoring has
 exp(G_rho_i - G_tau) >= 1 and exp(G_t - G_rho_i) <= 1, both bounded by the decay over the
-sub-block, D = max over m and i of (G_rho_i - G_last_i): while D stays within
-``diagonal_decay_limit`` (decided per chunk and head) U_i gets 16 diagonal rows and the
-matmuls take one more k step with X masked to tau <= t; past it those tiles are zeroed and the
+sub-block, D = max over m, i and the real tokens tau of sub-block i of (G_rho_i - G_tau):
+while D stays within ``diagonal_decay_limit`` and every |s'| <= 1 (decided per chunk and
+head) U_i gets 16 diagonal rows and the
+matmuls take one more k step with X masked to tau <= t; past it those tiles are dropped and the
 diagonal blocks take the pairwise decays on CUDA cores, which stay finite at any gate strength.
 """
 
 import functools
+import math
 import operator
 
 from tvm.script import tirx as T
@@ -136,11 +138,13 @@ def sub_block_pairs_matmul(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, 
 
 
 def diagonal_decay_limit(io_dtype: str) -> float:
-    """The largest decay over a 16-token sub-block, -(G_last - G_rho), for which the diagonal
-    blocks go through the reference point on tensor cores: the factor exp(G_rho - G_tau) <= e^L
-    of U's diagonal rows must stay finite in the 16-bit dtype (bf16 keeps fp32's range, fp16
-    ends at 65504 ~ e^11) and exp(G_t - G_rho) >= e^-L stays a normal fp32 or fp16 number.
-    Stronger gates take the pairwise loops."""
+    """The largest decay G_rho - G_tau within a 16-token sub-block (and the largest |U| entry,
+    e^L) for which the diagonal blocks go through the reference point on tensor cores: U's
+    diagonal rows s'_tau exp(G_rho - G_tau) must stay finite in the 16-bit dtype (bf16 keeps
+    fp32's range; fp16 ends at 65504 ~ e^11, so a term's product with X has room too), and
+    exp(G_t - G_rho) >= e^-L stays a normal number (P times it may still be subnormal in
+    fp16: an absolute error below 2^-24 per term of weights <= 1). Stronger gates take the
+    pairwise loops."""
     return 60.0 if io_dtype == "bfloat16" else 8.0
 
 
@@ -313,6 +317,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     u_vals = T.sblock_alloc_buffer((max(ceil_div(off_rows * M, THREADS), 1),), "float32", scope="local")
                     diag_vals = T.sblock_alloc_buffer((ceil_div(C * M, THREADS),), "float32", scope="local")
                     decay = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    row_decay = T.sblock_alloc_buffer((1,), "float32", scope="local")
                     pe_vals = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
                     # a thread's share of a [C, K or V] tile in 16-byte vectors (tensor cores)
                     stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if tensor_cores else (1,), io_dtype, scope="local")
@@ -365,23 +370,28 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         # sub-block (to its last real token): within the limit, the diagonal
                         # blocks go through the matmuls too; past it, through the pairwise loops.
                         # (Read before the matmul and stored after it: no barrier of their own.)
+                        decay[0] = T.float32(0)
                         for j in T.unroll(ceil_div(C * M, THREADS)):
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) // M
                             m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
-                            diag_vals[j] = ss[r * (M + 1) + m] * T.exp(T.min(g_before(gs, r // 16, m) - gs[r * (M + 1) + m], T.float32(limit)))
-                        decay[0] = T.float32(0)
-                        for j in T.unroll(ceil_div(sub_blocks * M, THREADS)):
-                            i: T.let[T.int32] = T.min(j * THREADS + tid, sub_blocks * M - 1) // M
-                            m: T.let[T.int32] = T.min(j * THREADS + tid, sub_blocks * M - 1) % M
-                            decay[0] = T.max(decay[0], g_before(gs, i, m) - gs[T.max(T.min(16 * i + 15, valid - 1), 16 * i) * (M + 1) + m])
+                            # the decay of row r from its reference point (none past the last token)
+                            row_decay[0] = T.Select(r < valid, g_before(gs, r // 16, m) - gs[r * (M + 1) + m], T.float32(0))
+                            diag_vals[j] = ss[r * (M + 1) + m] * T.exp(T.min(row_decay[0], T.float32(limit)))
+                            # a row past the limit, or a write strength outside [0, 1] (a caller's
+                            # s: large ones lose digits in the 16-bit diagonal terms, and could
+                            # take U past e^limit)
+                            decay[0] = T.max(decay[0], T.Select(T.fabs(ss[r * (M + 1) + m]) > T.float32(1),
+                                                                T.float32(2 * limit), row_decay[0]))
                         for k in T.unroll(5):
                             decay[0] = T.max(decay[0], T.tvm_warp_shuffle(
                                 T.tvm_warp_activemask(), decay[0], (tid % 32) ^ (16 >> k), 32, 32))
                         warp_matmul(warp, fa, fb, fc, product, prod_row, qs, q_row, state16, s_row, "row_major", C // 16, M // 16, K // 16)
                         warp_decay[warp] = decay[0]  # every lane stores the same value
                         for j in T.unroll(ceil_div(C * M, THREADS)):
+                            # (clamped: past the limit the rows are dropped, and must stay finite)
                             u[(off_rows + T.min(j * THREADS + tid, C * M - 1) // M) * u_row
-                              + T.min(j * THREADS + tid, C * M - 1) % M] = T.Cast(io_dtype, diag_vals[j])
+                              + T.min(j * THREADS + tid, C * M - 1) % M] = T.Cast(io_dtype, T.max(T.min(
+                                  diag_vals[j], T.float32(math.exp(limit))), T.float32(-math.exp(limit))))
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_m):
                                 acc_m[a, b] = product[(ty + TY * a) * prod_row + tx + TX * b]
@@ -439,7 +449,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             if slots_tc:
                                 acc_m[a, b] = acc_m[a, b] + T.exp(g_row[a, b] - g_before(gs, a, tx + TX * b)) \
                                     * product[(ty + TY * a) * prod_row + tx + TX * b]
-                    if not slots_tc or decay[0] > T.float32(limit):
+                    if not slots_tc or not decay[0] <= T.float32(limit):
                         for block in T.unroll(rows):
                             for tt in T.serial(TY):
                                 for b in T.unroll(cols_m):
@@ -493,7 +503,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_c):
                             acc_c[a, b] = T.float32(0)
-                    if not slots_tc or decay[0] > T.float32(limit):
+                    if not slots_tc or not decay[0] <= T.float32(limit):
                         for m in T.serial(M):
                             for a in T.unroll(rows):
                                 p_row[a] = ps[ty + TY * a, m]
