@@ -30,10 +30,11 @@ def _aligned(x: Tensor, bytes_: int = 16) -> Tensor:
 
 
 @torch.library.custom_op("nha::prefill", mutates_args=(), device_types=("cpu", "cuda"))
-def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: Tensor,
+def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_seqlens: Tensor,
             h0k: Optional[Tensor], h0v: Optional[Tensor], window: int, scale: float,
             rope_theta: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
-    """Packed prefill: q [1, total, HQ, K] ... with int32 cu_seqlens [N + 1].
+    """Packed prefill: q [1, total, HQ, K] ... with int32 cu_seqlens [N + 1]; s None: the
+    default 1 - exp(g) (on CUDA made by the gate prefix-sum kernel, which reads g anyway).
     Returns o [1, total, HQ, V] and the final slot states hk [N, H, K, M], hv [N, H, M, V]."""
     _, total, HQ, K = q.shape
     H, V, M = k.shape[2], v.shape[3], g.shape[3]
@@ -51,13 +52,19 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
         return o, hk, hv
     arch = arch_name(dev)
     q3, k3, v3 = q.view(total, HQ, K), k.view(total, H, K), v.view(total, H, V)
-    g3, s3 = g.view(total, H, M), s.view(total, H, M)
+    g3 = g.view(total, H, M)
     window = min(window, total)  # W >= T is all the same, and fits the kernels' int32
     plan = prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
                            gate_dtype=dtype_name(g.dtype), arch=arch)
     chunked = "gates" in plan  # the chunked algorithm (kernel_plan), else the portable one
     if chunked:  # its CUDA kernels read 16-byte vectors
         q3, k3, v3 = (_aligned(x) for x in (q3, k3, v3))
+    if s is not None:
+        s3 = s.view(total, H, M)
+    elif chunked:
+        s3 = new_output(total, H, M, dtype=g.dtype, device=dev)
+    else:
+        s3 = -torch.expm1(g3)
     # the chunk-start states the output pass reads (float32, or 16-bit for tensor cores)
     start_dtype = getattr(torch, plan["state_scan"][1]["state_dtype"]) if chunked else torch.float32
     # an upper bound on the chunks, known without reading cu_seqlens: the chunks past the
@@ -82,7 +89,8 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Tensor, cu_seqlens: T
         q_rot, k_rot = q3, k3
     if chunked:
         gcum = new_output(total, H, M, dtype=torch.float32, device=dev)
-        kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, window)
+        kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, s3, window,
+                                       int(s is None))
         delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
         delta_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
         kernel("state_delta", window=window)(k3, v3, s3, gcum, cu_seqlens, chunk_offsets,

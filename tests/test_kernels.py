@@ -58,9 +58,17 @@ def test_chunk_gate_prefix_sums():
     chunk_offsets = torch.tensor([0, 2, 5, 5], dtype=torch.int32)
     chunk_seq = torch.tensor([0, 0, 1, 1, 1, 3, 3], dtype=torch.int32)  # two padding chunks
     g = -torch.rand(200, H, M)
-    out = torch.full_like(g, float("nan"))
-    get_kernel("chunk_gate_cumsum", "cpu", H=H, M=M, C=C, gate_dtype="float32")(g, cu, chunk_offsets, chunk_seq, out, W)
+    g[::3] *= 1e-6  # gates a hair from 1: s = 1 - exp(g) must keep its digits
+    cumsum = get_kernel("chunk_gate_cumsum", "cpu", H=H, M=M, C=C, gate_dtype="float32")
+    out, s = torch.full_like(g, float("nan")), torch.full_like(g, float("nan"))
+    cumsum(g, cu, chunk_offsets, chunk_seq, out, s, W, 1)
     assert torch.allclose(out, _chunk_prefix_sums(g, cu, C, W), atol=1e-5)
+    expected = -torch.expm1(g.double())
+    assert ((s.double() - expected).abs() / expected).max() < 1e-6
+    # write_s = 0: the caller's own s, which the kernel leaves alone
+    out, s = torch.full_like(g, float("nan")), torch.full_like(g, 7.0)
+    cumsum(g, cu, chunk_offsets, chunk_seq, out, s, W, 0)
+    assert torch.allclose(out, _chunk_prefix_sums(g, cu, C, W), atol=1e-5) and torch.all(s == 7.0)
 
 
 def test_chunk_state_scan_carries_states_across_chunks():

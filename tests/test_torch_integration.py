@@ -14,15 +14,16 @@ DEVICES = [pytest.param("cpu")] + [
     pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")])]
 
 
-def prefill_args(device):
-    q, k, v, g, s = make_inputs(1, 40, 4, 2, 8, 8, 4, device=device, with_s=True)
+def prefill_args(device, with_s=True):
+    q, k, v, g, s = make_inputs(1, 40, 4, 2, 8, 8, 4, device=device, with_s=with_s)
     cu = torch.tensor([0, 15, 40], dtype=torch.int32, device=device)
     return (q, k, v, g, s, cu, None, None, 5, 0.3, 10000.0)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_prefill(device):
-    torch.library.opcheck(torch.ops.nha.prefill.default, prefill_args(device))
+@pytest.mark.parametrize("with_s", [True, False], ids=["explicit_s", "default_s"])
+def test_opcheck_prefill(device, with_s):
+    torch.library.opcheck(torch.ops.nha.prefill.default, prefill_args(device, with_s))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -3,7 +3,9 @@
 With the slot inputs shifted by W (spec, "Chunked form": g'_t = g_{t-W}, zero for positions
 < W), every chunked pass needs G_t[m] = sum of g'[m] from the chunk start to t. The state pass
 and the output pass both read it, so it is computed once: a serial sum over the C tokens of a
-chunk per (chunk, kv head, slot), parallel over everything else.
+chunk per (chunk, kv head, slot), parallel over everything else. The same pass, reading g
+anyway, writes the default write strength s = 1 - exp(g) of every token when the caller gave
+none (``write_s``), with expm1 so that gates near 1 keep their digits.
 """
 
 from tvm.script import tirx as T
@@ -11,12 +13,13 @@ from tvm.script import tirx as T
 
 def chunk_gate_cumsum(*, H: int, M: int, C: int, gate_dtype: str):
     """Arguments: g [total, H, M], cu_seqlens and chunk_offsets [N + 1], chunk_seq [NC]
-    (sequence of each global chunk, N for padding chunks), the output gcum [total, H, M]
-    (float32), then the window W."""
+    (sequence of each global chunk, N for padding chunks), the outputs gcum [total, H, M]
+    (float32) and s [total, H, M] (gate dtype; written only where ``write_s`` is nonzero: the
+    caller passes its own s there otherwise), then the window W and write_s."""
 
     @T.prim_func(s_tir=True)
     def func(g_h: T.handle, cu_h: T.handle, choff_h: T.handle, chseq_h: T.handle,
-             gcum_h: T.handle, window: T.int32):
+             gcum_h: T.handle, s_h: T.handle, window: T.int32, write_s: T.int32):
         T.func_attr({"global_symbol": "chunk_gate_cumsum", "tirx.noalias": True,
                      "nha.kernel": "chunk_gate_cumsum"})
         total = T.int32()
@@ -27,12 +30,13 @@ def chunk_gate_cumsum(*, H: int, M: int, C: int, gate_dtype: str):
         choff = T.match_buffer(choff_h, (bounds,), "int32")
         chseq = T.match_buffer(chseq_h, (NC,), "int32")
         gcum = T.match_buffer(gcum_h, (total, H, M), "float32")
+        s = T.match_buffer(s_h, (total, H, M), gate_dtype)
 
         for c, h, m in T.grid(NC, H, M):
             with T.sblock("cumsum"):
                 vc, vh, vm = T.axis.remap("SSS", [c, h, m])
                 T.reads(g[0:total, vh, vm], cu[0:bounds], choff[0:bounds], chseq[vc])
-                T.writes(gcum[0:total, vh, vm])
+                T.writes(gcum[0:total, vh, vm], s[0:total, vh, vm])
                 acc = T.sblock_alloc_buffer((1,), "float32", scope="local")
                 n: T.let[T.int32] = chseq[vc]
                 if n < bounds - 1:
@@ -43,5 +47,8 @@ def chunk_gate_cumsum(*, H: int, M: int, C: int, gate_dtype: str):
                         if p0 + r >= window:
                             acc[0] = acc[0] + T.Cast("float32", g[start + p0 + r - window, vh, vm])
                         gcum[start + p0 + r, vh, vm] = acc[0]
+                        if write_s != 0:  # of the token itself, not the shifted one
+                            s[start + p0 + r, vh, vm] = T.Cast(gate_dtype, -T.call_pure_extern(
+                                "float32", "expm1f", T.Cast("float32", g[start + p0 + r, vh, vm])))
 
     return func

@@ -70,7 +70,9 @@ class Workload:
         sizes = {"total": T}
         if self.kernel in CHUNK_TABLES:
             sizes.update(N=1, bounds=2, NC=T // p["C"] + 1)
-        scalars = {"window": min(W, T), "scale": p.get("K", 1) ** -0.5, "theta": ROPE_THETA}
+        # write_s: the gate prefix sums also make the default s, as in a call without one
+        scalars = {"window": min(W, T), "scale": p.get("K", 1) ** -0.5, "theta": ROPE_THETA,
+                   "write_s": 1}
         return sizes, scalars
 
     def func(self) -> tirx.PrimFunc:
