@@ -55,11 +55,9 @@ class NHACache:
         V, M = v.shape[3], g.shape[3]
         if v.shape[:3] != (B, T, H) or g.shape[:3] != (B, T, H):
             raise ValueError(f"k, v, g must agree on [B, T, H] = {(B, T, H)}, got v {tuple(v.shape)}, g {tuple(g.shape)}")
-        if s is None:
-            s = -torch.expm1(g)
-        elif tuple(s.shape) != tuple(g.shape):
+        if s is not None and tuple(s.shape) != tuple(g.shape):
             raise ValueError(f"s must have the shape of g {tuple(g.shape)}, got {tuple(s.shape)}")
-        check_device_and_dtype({"k": k, "v": v, "g": g, "s": s}, same_dtype=("k", "v"))
+        check_device_and_dtype({"k": k, "v": v, "g": g} | ({} if s is None else {"s": s}), same_dtype=("k", "v"))
         check_state("final_state", final_state, ((B, H, K, M), (B, H, M, V)), k.device)
         cache = cls.empty(B, H, K, V, M, window, device=k.device, dtype=k.dtype)
         cache.hk.copy_(final_state[0])
@@ -70,6 +68,7 @@ class NHACache:
             cache.ring_k[:, entry] = k[:, kept]
             cache.ring_v[:, entry] = v[:, kept]
             cache.ring_g[:, entry] = g[:, kept].float()
-            cache.ring_s[:, entry] = s[:, kept].float()
+            # the default s of the kept tokens only (the ring holds the last W)
+            cache.ring_s[:, entry] = (-torch.expm1(g[:, kept]) if s is None else s[:, kept]).float()
         cache.positions.fill_(T)
         return cache

@@ -34,7 +34,8 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
             h0k: Optional[Tensor], h0v: Optional[Tensor], window: int, scale: float,
             rope_theta: Optional[float]) -> tuple[Tensor, Tensor, Tensor]:
     """Packed prefill: q [1, total, HQ, K] ... with int32 cu_seqlens [N + 1]; s None: the
-    default 1 - exp(g) (on CUDA made by the gate prefix-sum kernel, which reads g anyway).
+    default 1 - exp(g) (on the chunked CUDA path made by the gate prefix-sum kernel, which
+    reads g anyway; on the portable path by torch).
     Returns o [1, total, HQ, V] and the final slot states hk [N, H, K, M], hv [N, H, M, V]."""
     _, total, HQ, K = q.shape
     H, V, M = k.shape[2], v.shape[3], g.shape[3]
