@@ -61,6 +61,24 @@ def test_prefill_then_decode_equals_prefill(device, dtype, tol, rope, W):
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("W", [0, 3])
+def test_decode_gates_near_one(device, dtype, tol, W):
+    """Gates a hair from 1 (g ~ -1e-6) write almost nothing: the default s = 1 - exp(g) ~ 1e-6
+    the decode step makes itself must keep its digits (1 - exp(g) in float32 keeps about one),
+    both for the token entering the slots and for the one it puts in the ring."""
+    B, T, t0, HQ, H, K, V, M = 2, 40, 20, 4, 2, 16, 16, 8
+    q, k, v, _, _ = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype)
+    g = -(1 + torch.rand(B, T, H, M, device=device)) * 1e-6
+    _, state = nha_tvm.nha_attention(q[:, :t0], k[:, :t0], v[:, :t0], g[:, :t0], window=W,
+                                     output_final_state=True)
+    cache = nha_tvm.NHACache.from_prefill(k[:, :t0], v[:, :t0], g[:, :t0], state, window=W)
+    steps = [nha_tvm.nha_decode(q[:, t], k[:, t], v[:, t], g[:, t], cache) for t in range(t0, T)]
+    ref, ref_final = nha_reference(q, k, v, g, window=W, output_final_state=True)
+    assert rel_err(torch.stack(steps, 1), ref[:, t0:]) <= tol
+    assert rel_err(cache.hv, ref_final[1]) <= max(tol, 1e-5)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
 @pytest.mark.parametrize("W", [100, 200])
 def test_decode_with_multi_tile_windows_at_model_head_sizes(device, dtype, tol, W):
     """K = V = 128, M = 64, and windows longer than one tile of window keys (64 on GPUs)."""
