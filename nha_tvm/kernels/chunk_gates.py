@@ -5,10 +5,12 @@ With the slot inputs shifted by W (spec, "Chunked form": g'_t = g_{t-W}, zero fo
 and the output pass both read it, so it is computed once: a serial sum over the C tokens of a
 chunk per (chunk, kv head, slot), parallel over everything else. The same pass, reading g
 anyway, writes the default write strength s = 1 - exp(g) of every token when the caller gave
-none (``write_s``), with expm1 so that gates near 1 keep their digits.
+none (``write_s``; ``write_strength``).
 """
 
 from tvm.script import tirx as T
+
+from .write_strength import default_write_strength
 
 
 def chunk_gate_cumsum(*, H: int, M: int, C: int, gate_dtype: str):
@@ -48,7 +50,6 @@ def chunk_gate_cumsum(*, H: int, M: int, C: int, gate_dtype: str):
                             acc[0] = acc[0] + T.Cast("float32", g[start + p0 + r - window, vh, vm])
                         gcum[start + p0 + r, vh, vm] = acc[0]
                         if write_s != 0:  # of the token itself, not the shifted one
-                            s[start + p0 + r, vh, vm] = T.Cast(gate_dtype, -T.call_pure_extern(
-                                "float32", "expm1f", T.Cast("float32", g[start + p0 + r, vh, vm])))
+                            s[start + p0 + r, vh, vm] = T.Cast(gate_dtype, default_write_strength(g[start + p0 + r, vh, vm]))
 
     return func

@@ -11,13 +11,7 @@ RoPE, when on, is applied on the fly to q at position t and to each window key a
 
 from tvm.script import tirx as T
 
-
-def write_strength(s_value, g_value, s_from_g):
-    """The write strength of a token: s as given, or the default 1 - exp(g) when ``s_from_g``
-    (the caller then passes g's buffer as s, and no tensor of s is made), as -expm1(g): gates
-    near 1 keep their digits (1 - exp(g) in float32 keeps about one at g ~ -1e-6)."""
-    return T.if_then_else(s_from_g != 0, -T.call_pure_extern("float32", "expm1f", T.Cast("float32", g_value)),
-                          T.Cast("float32", s_value))
+from .write_strength import write_strength
 
 
 def decode_step(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, gate_dtype: str):

@@ -9,8 +9,9 @@ gate prefix sums G [C, M] and the shifted slot inputs k', v', s' (spec, "Chunked
     then the window keys (RoPE'd) in tiles of C, folded into the same softmax online      ...over both
 
 Every exponent of the pairwise form is <= 0 (tau <= t and g' <= 0), so nothing overflows at any
-gate strength; the factored form below is bounded by a checked limit. The window of a chunk spans at most C + W - 1 keys, visited in tiles, so W may be any size; no
-[T, M + W] score tensor or per-token state ever reaches global memory.
+gate strength; the factored form below is bounded by a checked limit. The window of a chunk
+spans at most C + W - 1 keys, visited in tiles, so W may be any size; no [T, M + W] score
+tensor or per-token state ever reaches global memory.
 
 Thread mapping (``layout``): 256 threads as 16 x 16; thread (ty, tx) owns rows t = ty + 16 a of
 every [C, *] tile and columns tx + 16 b, so the 16 threads of a row are 16 lanes of one warp
@@ -36,9 +37,9 @@ matmuls. For the diagonal 16 x 16 blocks (tau in t's own sub-block) the same fac
 exp(G_rho_i - G_tau) >= 1 and exp(G_t - G_rho_i) <= 1, both bounded by the decay over the
 sub-block, D = max over m, i and the real tokens tau of sub-block i of (G_rho_i - G_tau):
 while D stays within ``diagonal_decay_limit`` and every |s'| <= 1 (decided per chunk and
-head) U_i gets 16 diagonal rows and the
-matmuls take one more k step with X masked to tau <= t; past it those tiles are dropped and the
-diagonal blocks take the pairwise decays on CUDA cores, which stay finite at any gate strength.
+head), U_i gets 16 diagonal rows and the matmuls take one more k step with X masked to
+tau <= t; past it those tiles are dropped and the diagonal blocks take the pairwise decays on
+CUDA cores, which stay finite at any gate strength.
 """
 
 import functools
@@ -235,6 +236,11 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     def g_before(gs, i, m):
         """G_rho[m] at the last token before sub-block i (0 before the chunk)."""
         return T.if_then_else(i >= 1, gs[T.max(16 * i - 1, 0) * (M + 1) + m], T.float32(0))
+
+    def diagonal_factored(decay):
+        """Whether the chunk's diagonal blocks go through the reference points (the block's
+        largest decay, or a marker past the limit for an |s'| > 1, is within the limit)."""
+        return decay[0] <= T.float32(limit)
     chunk_dtype = state_dtype(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
     group = HQ // H
     rows = C // TY
@@ -366,8 +372,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     # ---- slot logits, inter-chunk part: (Q S_c) * exp(G) ----
                     if slots_tc:
                         # U's diagonal rows, s'_tau exp(G_rho - G_tau) for tau in sub-block i (a
-                        # factor >= 1, capped at e^limit), and the chunk's largest decay over a
-                        # sub-block (to its last real token): within the limit, the diagonal
+                        # factor >= 1, capped at e^limit), and the chunk's largest decay from a
+                        # reference point over its real tokens: within the limit, the diagonal
                         # blocks go through the matmuls too; past it, through the pairwise loops.
                         # (Read before the matmul and stored after it: no barrier of their own.)
                         decay[0] = T.float32(0)
@@ -430,7 +436,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_c):
                                 weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, T.Select(
-                                    b < a or (b == a and tx <= ty and decay[0] <= T.float32(limit)), acc_c[a, b], T.float32(0)))
+                                    b < a or (b == a and tx <= ty and diagonal_factored(decay)), acc_c[a, b], T.float32(0)))
                         for j in T.unroll(ceil_div(off_rows * M, THREADS)):
                             u[T.min(j * THREADS + tid, off_rows * M - 1) // M * u_row
                               + T.min(j * THREADS + tid, off_rows * M - 1) % M] = T.Cast(io_dtype, u_vals[j])
@@ -449,7 +455,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             if slots_tc:
                                 acc_m[a, b] = acc_m[a, b] + T.exp(g_row[a, b] - g_before(gs, a, tx + TX * b)) \
                                     * product[(ty + TY * a) * prod_row + tx + TX * b]
-                    if not slots_tc or not decay[0] <= T.float32(limit):
+                    if not slots_tc or not diagonal_factored(decay):
                         for block in T.unroll(rows):
                             for tt in T.serial(TY):
                                 for b in T.unroll(cols_m):
@@ -503,7 +509,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_c):
                             acc_c[a, b] = T.float32(0)
-                    if not slots_tc or not decay[0] <= T.float32(limit):
+                    if not slots_tc or not diagonal_factored(decay):
                         for m in T.serial(M):
                             for a in T.unroll(rows):
                                 p_row[a] = ps[ty + TY * a, m]
@@ -522,7 +528,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             for b in T.unroll(cols_c):
                                 if b <= a:
                                     acc_c[a, b] = acc_c[a, b] + T.Select(
-                                        b < a or (tx <= ty and decay[0] <= T.float32(limit)),
+                                        b < a or (tx <= ty and diagonal_factored(decay)),
                                         xs[(ty + TY * a) * x_row + tx + TX * b], T.float32(0))
                     for a in T.unroll(rows):
                         for b in T.unroll(cols_c):

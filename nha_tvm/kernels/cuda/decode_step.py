@@ -48,7 +48,7 @@ import operator
 
 from tvm.script import tirx as T
 
-from ..decode_step import write_strength
+from ..write_strength import write_strength
 from .layout import ceil_div
 
 

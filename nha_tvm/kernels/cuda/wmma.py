@@ -22,6 +22,16 @@ def tiles_per_warp(m_tiles: int, n_tiles: int) -> int:
     return m_tiles * n_tiles // WARPS
 
 
+def tile_row(warp, m_tiles, n_tiles):
+    """The row i of the output tiles that ``warp`` owns."""
+    return warp * tiles_per_warp(m_tiles, n_tiles) // n_tiles
+
+
+def tile_col(warp, m_tiles, n_tiles):
+    """The column n of the first output tile that ``warp`` owns."""
+    return warp * tiles_per_warp(m_tiles, n_tiles) % n_tiles
+
+
 @T.macro
 def warp_store(warp, fc, out, out_base, out_ld, m_tiles, n_tiles):
     """The fragments of ``warp_tiles`` into out[out_base + (16 i + r) out_ld + 16 n + c] (float32,
@@ -30,8 +40,8 @@ def warp_store(warp, fc, out, out_base, out_ld, m_tiles, n_tiles):
         T.tvm_store_matrix_sync(
             fc.data, 16, 16, 16, f,
             T.tvm_access_ptr(T.type_annotation("float32"), out.data,
-                             out_base + (warp * tiles_per_warp(m_tiles, n_tiles) // n_tiles) * 16 * out_ld
-                             + (warp * tiles_per_warp(m_tiles, n_tiles) % n_tiles + f) * 16, 16 * out_ld, 2),
+                             out_base + tile_row(warp, m_tiles, n_tiles) * 16 * out_ld
+                             + (tile_col(warp, m_tiles, n_tiles) + f) * 16, 16 * out_ld, 2),
             out_ld, "row_major")
 
 
@@ -52,23 +62,21 @@ def warp_tiles(warp, fa, fb, fc, out, out_ld, a, a_ld, b, b_ld, b_layout, m_tile
     if fill:
         for f in T.unroll(tiles_per_warp(m_tiles, n_tiles)):
             T.tvm_fill_fragment(fc.data, 16, 16, 16, f, T.float32(0))
-    for kk in T.serial(k_count(warp * tiles_per_warp(m_tiles, n_tiles) // n_tiles,
-                               warp * tiles_per_warp(m_tiles, n_tiles) % n_tiles)):
+    for kk in T.serial(k_count(tile_row(warp, m_tiles, n_tiles), tile_col(warp, m_tiles, n_tiles))):
         T.tvm_load_matrix_sync(
             fa.data, 16, 16, 16, 0,
             T.tvm_access_ptr(T.type_annotation(a.dtype), a.data,
-                             (warp * tiles_per_warp(m_tiles, n_tiles) // n_tiles) * 16 * a_ld + kk * 16
+                             tile_row(warp, m_tiles, n_tiles) * 16 * a_ld + kk * 16
                              if a_layout == "row_major" else
-                             kk * 16 * a_ld + (warp * tiles_per_warp(m_tiles, n_tiles) // n_tiles) * 16, 16 * a_ld, 1),
+                             kk * 16 * a_ld + tile_row(warp, m_tiles, n_tiles) * 16, 16 * a_ld, 1),
             a_ld, a_layout)
         for f in T.unroll(tiles_per_warp(m_tiles, n_tiles)):
-            if kk < k_count(warp * tiles_per_warp(m_tiles, n_tiles) // n_tiles,
-                            warp * tiles_per_warp(m_tiles, n_tiles) % n_tiles + f):
+            if kk < k_count(tile_row(warp, m_tiles, n_tiles), tile_col(warp, m_tiles, n_tiles) + f):
                 T.tvm_load_matrix_sync(
                     fb.data, 16, 16, 16, 0,
                     T.tvm_access_ptr(T.type_annotation(b.dtype), b.data,
-                                     b_offset(warp * tiles_per_warp(m_tiles, n_tiles) // n_tiles,
-                                              warp * tiles_per_warp(m_tiles, n_tiles) % n_tiles + f, kk), 16 * b_ld, 1),
+                                     b_offset(tile_row(warp, m_tiles, n_tiles),
+                                              tile_col(warp, m_tiles, n_tiles) + f, kk), 16 * b_ld, 1),
                     b_ld, b_layout)
                 T.tvm_mma_sync(fc.data, f, fa.data, 0, fb.data, 0, fc.data, f)
     if store:
