@@ -21,11 +21,11 @@ rows that are read down a column (keys, s', G) are padded by one word, so the 16
 half-warp hit 16 different banks. Results are kept in registers and written to shared memory
 in separate loops: TVM plans barriers conservatively across the merged dynamic shared buffer,
 and a store between two reads would cost a barrier each. With 16-bit inputs the key and value
-matmuls (Q k'^T, X v', the window's Q K^T and P V) run on tensor cores through WMMA, each
-warp taking whole 16 x 16 output tiles.
+matmuls (Q k'^T, X v', the window's Q K^T and P V) run on tensor cores (``warp_mma``: ldmatrix
+and mma.sync, accumulators in registers), each warp taking whole 16 x 16 output tiles.
 
 With 16-bit inputs the slot path runs there too (``slots_on_tensor_cores``): the chunk-start
-states come in the input dtype, so Q S_c and (P exp(G)) R_c are WMMA matmuls, and the
+states come in the input dtype, so Q S_c and (P exp(G)) R_c are tensor-core matmuls, and the
 intra-chunk terms are split by 16-token sub-blocks. For t in sub-block i and tau in an earlier
 one, with rho_i = 16 i - 1 the last token before sub-block i (tau <= rho_i < t),
 
@@ -50,7 +50,7 @@ from tvm.script import tirx as T
 
 from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
 from .staging import VEC, load_rows, stage_rows, store_rows
-from .wmma import deals_by_rows, tiles_per_warp, warp_matmul, warp_tiles
+from .warp_mma import FRAG_A, FRAG_B, FRAG_C, deals_by_rows, tiles_per_warp, warp_matmul, warp_tiles
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
@@ -122,18 +122,18 @@ def u_row_of(i, j, sub_blocks):
 
 
 @T.macro
-def sub_block_rows_matmul(warp, fa, fb, fc, out, out_ld, x, x_ld, u, u_ld, sub_blocks, n_tiles):
+def sub_block_rows_matmul(tid, fa, fb, fc, out, out_ld, x, x_ld, u, u_ld, sub_blocks, n_tiles):
     """out[t, n] = sum_{tau < 16 (i + 1)} x[t, tau] U_i[tau, n] for the rows t of each
     sub-block i (x masked to tau <= t)."""
-    warp_tiles(warp, fa, fb, fc, out, out_ld, x, x_ld, u, u_ld, "row_major", sub_blocks, n_tiles,
+    warp_tiles(tid, fa, fb, fc, out, out_ld, x, x_ld, u, u_ld, "row_major", sub_blocks, n_tiles,
                lambda i, n: i + 1, lambda i, n, kk: u_row_of(i, kk, sub_blocks) * u_ld + n * 16)
 
 
 @T.macro
-def sub_block_pairs_matmul(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, sub_blocks, k_tiles):
+def sub_block_pairs_matmul(tid, fa, fb, fc, out, out_ld, pe, pe_ld, u, u_ld, sub_blocks, k_tiles):
     """out[t, tau] = sum_m pe[t, m] U_i[tau, m] for t in sub-block i and tau in sub-block
     j <= i (the 16 x 16 tile (i, j)); tiles with j > i get zeros."""
-    warp_tiles(warp, fa, fb_t, fc, out, out_ld, pe, pe_ld, u, u_ld, "col_major", sub_blocks, sub_blocks,
+    warp_tiles(tid, fa, fb, fc, out, out_ld, pe, pe_ld, u, u_ld, "col_major", sub_blocks, sub_blocks,
                lambda i, j: T.if_then_else(j <= i, k_tiles, 0),
                lambda i, j, kk: u_row_of(i, j, sub_blocks) * u_ld + kk * 16)
 
@@ -150,9 +150,9 @@ def diagonal_decay_limit(io_dtype: str) -> float:
 
 
 def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
-    """The key and value matmuls run on tensor cores (WMMA 16 x 16 x 16, fp32 accumulate) for
+    """The key and value matmuls run on tensor cores (mma.sync m16n8k16, fp32 accumulate) for
     16-bit inputs whose [C, C] and [C, V] tiles deal out to the warps by rows
-    (``wmma.warp_tiles``); fp32 inputs stay on CUDA cores."""
+    (``warp_mma.warp_tiles``); fp32 inputs stay on CUDA cores."""
     return io_dtype in ("bfloat16", "float16") and K % 16 == 0 and V % 16 == 0 \
         and deals_by_rows(C // 16, C // 16) and deals_by_rows(C // 16, V // 16)
 
@@ -175,7 +175,7 @@ def tile_layout(*, K: int, V: int, M: int, C: int, io_dtype: str) -> dict:
     """Whether the matmuls use tensor cores, and the row strides (elements) of the shared tiles.
 
     CUDA cores read keys down their columns: fp32, rows padded by a word. Tensor cores load
-    16 x 16 tiles row by row: rows padded by 16 bytes (a multiple of it, as WMMA needs) spread
+    16 x 16 tiles row by row: rows padded by 16 bytes (a multiple of it, as ldmatrix needs) spread
     a tile's 16 rows over all banks. With the states on tensor cores, S_c [K, M] and then R_c
     [M, V] are staged whole in 16 bits (``state_tile`` elements), and P exp(G) is an operand
     tile [C, M] (``pw_row``)."""
@@ -303,10 +303,10 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     # tensor cores: 16-bit weights (P, X) as the A operand, and the product tile
                     weights = T.sblock_alloc_buffer((C * w_row,) if tensor_cores else (1,), io_dtype, scope="shared.dyn")
                     product = T.sblock_alloc_buffer((C * prod_row,) if tensor_cores else (1,), "float32", scope="shared.dyn")
-                    fa = T.sblock_alloc_buffer((16, 16), io_dtype, scope="wmma.matrix_a")
-                    fb = T.sblock_alloc_buffer((16, 16), io_dtype, scope="wmma.matrix_b")  # row major
-                    fb_t = T.sblock_alloc_buffer((16, 16), io_dtype, scope="wmma.matrix_b")  # col major
-                    fc = T.sblock_alloc_buffer((16 * fragments, 16), "float32", scope="wmma.accumulator")
+                    # a lane's mma.sync fragments: a and b tiles, and the accumulators of its tiles
+                    fa = T.sblock_alloc_buffer((FRAG_A,), io_dtype, scope="local")
+                    fb = T.sblock_alloc_buffer((FRAG_B,), io_dtype, scope="local")
+                    fc = T.sblock_alloc_buffer((FRAG_C * fragments,), "float32", scope="local")
                     # running softmax statistics of the thread's rows (equal across a row's lanes)
                     row_max = T.sblock_alloc_buffer((rows,), "float32", scope="local")
                     row_sum = T.sblock_alloc_buffer((rows,), "float32", scope="local")
@@ -391,7 +391,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for k in T.unroll(5):
                             decay[0] = T.max(decay[0], T.tvm_warp_shuffle(
                                 T.tvm_warp_activemask(), decay[0], (tid % 32) ^ (16 >> k), 32, 32))
-                        warp_matmul(warp, fa, fb, fc, product, prod_row, qs, q_row, state16, s_row, "row_major", C // 16, M // 16, K // 16)
+                        warp_matmul(tid, fa, fb, fc, product, prod_row, qs, q_row, state16, s_row, "row_major", C // 16, M // 16, K // 16)
                         warp_decay[warp] = decay[0]  # every lane stores the same value
                         for j in T.unroll(ceil_div(C * M, THREADS)):
                             # (clamped: past the limit the rows are dropped, and must stay finite)
@@ -409,7 +409,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     # ---- intra-chunk part: X = Q k'^T (read only where tau <= t), then the
                     # pairwise decays ----
                     if tensor_cores:
-                        warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
+                        warp_matmul(tid, fa, fb, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
                     else:
                         key_logits_on_cuda_cores(acc_c, qs, q_row, ks, key_row, K, rows, cols_c, ty, tx)
                         for a in T.unroll(rows):
@@ -441,7 +441,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             u[T.min(j * THREADS + tid, off_rows * M - 1) // M * u_row
                               + T.min(j * THREADS + tid, off_rows * M - 1) % M] = T.Cast(io_dtype, u_vals[j])
                         # A[t] += exp(G_t - G_rho) * sum_{tau <= t} X[t, tau] U_i[tau] for t in sub-block i
-                        sub_block_rows_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, u, u_row, sub_blocks, M // 16)
+                        sub_block_rows_matmul(tid, fa, fb, fc, product, prod_row, weights, w_row, u, u_row, sub_blocks, M // 16)
                     # the pairwise form (on tensor cores: of the diagonal blocks, when the gates
                     # are past the limit), register-blocked: per key tau each thread loads s'_tau
                     # and G_tau of its columns once for all its rows; rows of an earlier 16-token
@@ -502,7 +502,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_m):
                                 pw[(ty + TY * a) * pw_row + tx + TX * b] = T.Cast(io_dtype, pe_vals[a, b])
-                        sub_block_pairs_matmul(warp, fa, fb_t, fc, xs, x_row, pw, pw_row, u, u_row, sub_blocks, M // 16)
+                        sub_block_pairs_matmul(tid, fa, fb, fc, xs, x_row, pw, pw_row, u, u_row, sub_blocks, M // 16)
                     # the pairwise form, register-blocked over m like the logits: tau = tx + 16 b
                     # <= t = ty + 16 a holds for every b < a, for b == a where tx <= ty, never
                     # for b > a (with sub-blocks on tensor cores only b == a, past the limit)
@@ -549,9 +549,9 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                     ps[ty + TY * a, tx + TX * b] = acc_m[a, b]
                     # O = (P exp(G)) R_c + X v' (on tensor cores one sum of two matmuls)
                     if slots_tc:
-                        warp_matmul(warp, fa, fb, fc, product, prod_row, pw, pw_row, state16, v_row, "row_major", C // 16, V // 16, M // 16,
+                        warp_matmul(tid, fa, fb, fc, product, prod_row, pw, pw_row, state16, v_row, "row_major", C // 16, V // 16, M // 16,
                                     store=False)
-                        warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16,
+                        warp_matmul(tid, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16,
                                     fill=False)
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_v):
@@ -560,7 +560,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         state_rows_matmul(acc_v, lambda a, m: ps[ty + TY * a, m],
                                           state, chunk_v, c, h, M, V, rows, cols_v, tx, tid)
                         if tensor_cores:
-                            warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
+                            warp_matmul(tid, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_v):
                                     acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]
@@ -600,7 +600,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                 vs[r * v_row + e] = T.if_then_else(lo + kt * C + r < p0 + valid,
                                                           v[start + lo + kt * C + r, h, e], T.Cast(io_dtype, 0))
                         if tensor_cores:
-                            warp_matmul(warp, fa, fb_t, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
+                            warp_matmul(tid, fa, fb, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_c):
                                     acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
@@ -640,7 +640,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                     weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, acc_c[a, b])
                             store_rows(vs, v_row, C, stage_vec, V, 0, p0 + valid - lo - kt * C, tid)
                             load_rows(stage_vec, C, kr, start + lo + (kt + 1) * C, h, K, total, tid)
-                            warp_matmul(warp, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
+                            warp_matmul(tid, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_v):
                                     acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]

@@ -10,8 +10,9 @@ half runs one thread block per (chunk, kv head) with the chunk's k', v' and w st
 memory. ``chunk_state_scan`` then carries the states from chunk to chunk.
 
 Written with its thread mapping, like TVM's own LLM kernels. With bfloat16 inputs
-(``on_tensor_cores``) both products are WMMA matmuls (``wmma.warp_tiles``, the left operands
-read column major from the token-major tiles) whose fragments go straight to global memory.
+(``on_tensor_cores``) both products are tensor-core matmuls (``warp_mma.warp_tiles``, the left
+operands read transposed from the token-major tiles) whose register accumulators go straight to
+global memory.
 Otherwise the 256 threads are a 16 x 16 grid, each owning a tile of consecutive rows
 (ty * rows + a) and columns (tx * cols + b) of the output, so that per token a thread reads its
 rows and its columns as one vector load each (the loads, not the multiply-adds, bounded the
@@ -22,7 +23,7 @@ from tvm.script import tirx as T
 
 from .layout import THREADS, TX, TY, ceil_div
 from .staging import VEC, stage_rows
-from .wmma import deals_by_rows, tiles_per_warp, warp_matmul, warp_store
+from .warp_mma import FRAG_A, FRAG_B, FRAG_C, deals_by_rows, tiles_per_warp, warp_matmul, warp_store
 
 
 @T.macro
@@ -66,7 +67,7 @@ def store_tile(out, tile, c, h, row0, col0, n_rows, n_cols, rows, cols, valid):
 
 def on_tensor_cores(*, K: int, V: int, M: int, kv_dtype: str) -> bool:
     """bfloat16 inputs whose [K, M] and [M, V] products deal out to the warps in whole 16 x 16
-    tiles run on tensor cores (WMMA, fp32 accumulate, w rounded to bfloat16); the rest on CUDA
+    tiles run on tensor cores (mma.sync, fp32 accumulate, w rounded to bfloat16); the rest on CUDA
     cores in float32. Not float16: w = s' exp(G_last - G) of a weakly writing slot falls below
     float16's normal range (6e-5), where the final states lost 1.5 % (H200 test, s ~ 1e-6)."""
     return kv_dtype == "bfloat16" and K % 16 == 0 and V % 16 == 0 and M % 16 == 0 \
@@ -80,7 +81,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     adds, ``chunk_state_scan``'s delta_k and delta_v), the window."""
     rows_k, rows_m, cols_m, cols_v = ceil_div(K, TY), ceil_div(M, TY), ceil_div(M, TX), ceil_div(V, TX)
     tensor_cores = on_tensor_cores(K=K, V=V, M=M, kv_dtype=kv_dtype)
-    if tensor_cores:  # WMMA tiles, rows padded by 16 bytes so a tile's rows spread over the banks
+    if tensor_cores:  # ldmatrix tiles, rows padded by 16 bytes so a tile's rows spread over the banks
         k_row, v_row, w16_row = K + 8, V + 8, M + 8
         w_row = 1
         fragments = max(tiles_per_warp(K // 16, M // 16), tiles_per_warp(M // 16, V // 16))
@@ -124,9 +125,10 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if vector_staging else (1,), kv_dtype, scope="local")
                     w = T.sblock_alloc_buffer((1, 1) if tensor_cores else (C, w_row), "float32", scope="shared.dyn")
                     w16 = T.sblock_alloc_buffer((C * w16_row,), kv_dtype, scope="shared.dyn")
-                    fa_t = T.sblock_alloc_buffer((16, 16), kv_dtype, scope="wmma.matrix_a")  # col major
-                    fb = T.sblock_alloc_buffer((16, 16), kv_dtype, scope="wmma.matrix_b")
-                    fc = T.sblock_alloc_buffer((16 * fragments, 16), "float32", scope="wmma.accumulator")
+                    # a lane's mma.sync fragments: a and b tiles, and the accumulators of its tiles
+                    fa_t = T.sblock_alloc_buffer((FRAG_A,), kv_dtype, scope="local")
+                    fb = T.sblock_alloc_buffer((FRAG_B,), kv_dtype, scope="local")
+                    fc = T.sblock_alloc_buffer((FRAG_C * fragments,), "float32", scope="local")
                     dk = T.sblock_alloc_buffer((rows_k, cols_m), "float32", scope="local")
                     dv = T.sblock_alloc_buffer((rows_m, cols_v), "float32", scope="local")
                     k_vec = T.sblock_alloc_buffer((rows_k,), kv_dtype, scope="local")
@@ -153,6 +155,9 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         stage_shifted(ks, k, K, k_row, start, p0, valid, window, h, tid)
                         stage_shifted(vs, v, V, v_row, start, p0, valid, window, h, tid)
                     if tensor_cores:
+                        # the additions as flat arrays: the accumulators go to them in pairs of elements
+                        flat_k = T.decl_buffer((NC * H * K * M,), "float32", data=chunk_k.data)
+                        flat_v = T.decl_buffer((NC * H * M * V,), "float32", data=chunk_v.data)
                         # w in the input dtype (in [0, 1]) as the tensor cores' operand; both
                         # products accumulate in float32 and go from the fragments straight
                         # to global memory
@@ -165,14 +170,14 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                                 T.float32(0)))
                         # dS = k'^T w ([K, M]) and dR = w^T v' ([M, V]): the left operands read
                         # transposed (column major) from the token-major tiles
-                        warp_matmul(warp, fa_t, fb, fc, chunk_k, M, ks, k_row, w16, w16_row, "row_major", K // 16, M // 16, C // 16,
+                        warp_matmul(tid, fa_t, fb, fc, chunk_k, M, ks, k_row, w16, w16_row, "row_major", K // 16, M // 16, C // 16,
                                     store=False, a_layout="col_major")
                         if valid > 0:
-                            warp_store(warp, fc, chunk_k, (c * H + h) * K * M, M, K // 16, M // 16)
-                        warp_matmul(warp, fa_t, fb, fc, chunk_v, V, w16, w16_row, vs, v_row, "row_major", M // 16, V // 16, C // 16,
+                            warp_store(tid, fc, flat_k, (c * H + h) * K * M, M, K // 16, M // 16)
+                        warp_matmul(tid, fa_t, fb, fc, chunk_v, V, w16, w16_row, vs, v_row, "row_major", M // 16, V // 16, C // 16,
                                     store=False, a_layout="col_major")
                         if valid > 0:
-                            warp_store(warp, fc, chunk_v, (c * H + h) * M * V, V, M // 16, V // 16)
+                            warp_store(tid, fc, flat_v, (c * H + h) * M * V, V, M // 16, V // 16)
                     else:
                         for j in T.unroll(ceil_div(C * w_row, THREADS)):
                             if j * THREADS + tid < C * w_row:
