@@ -35,6 +35,9 @@ KERNELS = [
     ("chunk_attend_cuda", dict(HQ=4, H=4, K=80, V=80, M=48, C=64, io_dtype="bfloat16", gate_dtype="float32")),
     ("chunk_attend_cuda", dict(HQ=4, H=2, K=64, V=64, M=16, C=64, io_dtype="float16", gate_dtype="float32")),
     ("decode_step_cuda", dict(HQ=32, H=4, K=128, V=128, M=64, io_dtype="bfloat16", gate_dtype="float32")),
+    # 16-bit gates, with the slots on tensor cores and (M = 6) on CUDA cores
+    ("chunk_attend_cuda", dict(HQ=4, H=2, K=64, V=64, M=16, C=64, io_dtype="bfloat16", gate_dtype="bfloat16")),
+    ("chunk_attend_cuda", dict(HQ=4, H=2, K=64, V=64, M=6, C=64, io_dtype="bfloat16", gate_dtype="bfloat16")),
 ]
 
 

@@ -55,21 +55,30 @@ def test_head_dims_of_real_models(device, dtype, tol, K, V, M, W):
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("K,V,M", [(64, 64, 65), (128, 64, 48)])
+def test_key_tensor_cores_with_slots_on_cuda_cores(device, dtype, tol, K, V, M):
+    """16-bit keys and values on tensor cores while the slots' tiles do not deal out to the
+    warps (their path on CUDA cores): K != V, and an odd M wider than V (the products' rows
+    must stay 8-byte aligned for the accumulators' paired stores)."""
+    check(device, dtype, tol, B=1, T=150, HQ=2, H=2, K=K, V=V, M=M, W=40, rope=10000.0)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
 def test_inputs_at_an_odd_storage_offset(device, dtype, tol):
     """Contiguous views whose data starts off any vector boundary (the tensor-core path reads
-    16-byte vectors) give the same result as the reference."""
+    16-byte vectors) give the same result as the reference; an explicit s too."""
     B, T, HQ, H, K, V, M, W = 1, 150, 2, 2, 64, 64, 32, 40
-    q, k, v, g, _ = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype)
+    q, k, v, g, s = make_inputs(B, T, HQ, H, K, V, M, device=device, dtype=dtype, with_s=True)
 
     def shifted(x):  # the same values, one element into a larger buffer
         buffer = torch.empty(x.numel() + 1, dtype=x.dtype, device=x.device)
         view = buffer[1:].view(x.shape)
         view.copy_(x)
         return view
-    q1, k1, v1 = shifted(q), shifted(k), shifted(v)
-    assert q1.data_ptr() % 16 != 0 and q1.is_contiguous()
-    o, _ = nha_tvm.nha_attention(q1, k1, v1, g, window=W, rope_theta=10000.0)
-    ref, _ = nha_reference(q, k, v, g, window=W, rope_theta=10000.0)
+    q1, k1, v1, g1, s1 = shifted(q), shifted(k), shifted(v), shifted(g), shifted(s)
+    assert q1.data_ptr() % 16 != 0 and s1.data_ptr() % 16 != 0 and s1.is_contiguous()
+    o, _ = nha_tvm.nha_attention(q1, k1, v1, g1, s=s1, window=W, rope_theta=10000.0)
+    ref, _ = nha_reference(q, k, v, g, s=s, window=W, rope_theta=10000.0)
     assert rel_err(o, ref) <= tol
 
 

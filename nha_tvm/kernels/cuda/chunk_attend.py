@@ -50,7 +50,8 @@ from tvm.script import tirx as T
 
 from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
 from .staging import VEC, load_rows, stage_rows, store_rows
-from .warp_mma import FRAG_A, FRAG_B, FRAG_C, deals_by_rows, tiles_per_warp, warp_matmul, warp_tiles
+from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, check_row_strides, deals_by_rows, tiles_per_warp,
+                       warp_matmul, warp_tiles)
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
@@ -181,12 +182,18 @@ def tile_layout(*, K: int, V: int, M: int, C: int, io_dtype: str) -> dict:
     tile [C, M] (``pw_row``)."""
     if uses_tensor_cores(K=K, V=V, C=C, io_dtype=io_dtype):
         lay = dict(tensor_cores=True, key_dtype=io_dtype, key_row=K + 8, q_row=K + 8,
-                   v_row=V + 8, x_row=C + 4, w_row=C + 8, prod_row=max(V, M) + 4)
+                   v_row=V + 8, x_row=C + 4, w_row=C + 8, prod_row=V + 4)
         if slots_on_tensor_cores(K=K, V=V, M=M, C=C, io_dtype=io_dtype):
-            return dict(lay, slots_tc=True, s_row=M + 8,
-                        state_tile=max(K * (M + 8), M * (V + 8)), pw_row=M + 8,
-                        u_rows=sub_block_rows(C), u_row=M + 8)
-        return dict(lay, slots_tc=False, s_row=0, state_tile=0, pw_row=0, u_rows=0, u_row=0)
+            # the slot path's products are M wide too
+            lay = dict(lay, slots_tc=True, s_row=M + 8, prod_row=max(V, M) + 4,
+                       state_tile=max(K * (M + 8), M * (V + 8)), pw_row=M + 8,
+                       u_rows=sub_block_rows(C), u_row=M + 8)
+        else:
+            lay = dict(lay, slots_tc=False, s_row=0, state_tile=0, pw_row=0, u_rows=0, u_row=0)
+        operands = ("key_row", "q_row", "v_row", "w_row", "s_row", "pw_row", "u_row")
+        check_row_strides(operand_rows=[lay[n] for n in operands if lay[n]],
+                          output_rows=[lay["x_row"], lay["prod_row"]])
+        return lay
     return dict(tensor_cores=False, slots_tc=False, key_dtype="float32", key_row=K + 1, q_row=K,
                 v_row=V, x_row=C, w_row=0, prod_row=0, s_row=0, state_tile=0, pw_row=0,
                 u_rows=0, u_row=0)

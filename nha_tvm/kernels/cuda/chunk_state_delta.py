@@ -23,7 +23,8 @@ from tvm.script import tirx as T
 
 from .layout import THREADS, TX, TY, ceil_div
 from .staging import VEC, stage_rows
-from .warp_mma import FRAG_A, FRAG_B, FRAG_C, deals_by_rows, tiles_per_warp, warp_matmul, warp_store
+from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, check_row_strides, deals_by_rows, tiles_per_warp,
+                       warp_matmul, warp_store)
 
 
 @T.macro
@@ -85,6 +86,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
         k_row, v_row, w16_row = K + 8, V + 8, M + 8
         w_row = 1
         fragments = max(tiles_per_warp(K // 16, M // 16), tiles_per_warp(M // 16, V // 16))
+        check_row_strides(operand_rows=[k_row, v_row, w16_row], output_rows=[M, V])
     else:  # shared rows padded to whole vectors, so every thread's vector stays in bounds
         k_row, v_row, w16_row = TY * rows_k, TX * cols_v, 1
         w_row = max(TX * cols_m, TY * rows_m)
@@ -138,7 +140,6 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     h: T.let[T.int32] = bx % H
                     ty: T.let[T.int32] = tid // TX
                     tx: T.let[T.int32] = tid % TX
-                    warp: T.let[T.int32] = tid // 32
                     # a padding chunk (sequence N) stages zeros and stores nothing: barriers
                     # cannot sit under a branch, so every block runs the same code
                     n: T.let[T.int32] = T.min(chseq[c], bounds - 2)
@@ -170,11 +171,11 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                                 T.float32(0)))
                         # dS = k'^T w ([K, M]) and dR = w^T v' ([M, V]): the left operands read
                         # transposed (column major) from the token-major tiles
-                        warp_matmul(tid, fa_t, fb, fc, chunk_k, M, ks, k_row, w16, w16_row, "row_major", K // 16, M // 16, C // 16,
+                        warp_matmul(tid, fa_t, fb, fc, flat_k, M, ks, k_row, w16, w16_row, "row_major", K // 16, M // 16, C // 16,
                                     store=False, a_layout="col_major")
                         if valid > 0:
                             warp_store(tid, fc, flat_k, (c * H + h) * K * M, M, K // 16, M // 16)
-                        warp_matmul(tid, fa_t, fb, fc, chunk_v, V, w16, w16_row, vs, v_row, "row_major", M // 16, V // 16, C // 16,
+                        warp_matmul(tid, fa_t, fb, fc, flat_v, V, w16, w16_row, vs, v_row, "row_major", M // 16, V // 16, C // 16,
                                     store=False, a_layout="col_major")
                         if valid > 0:
                             warp_store(tid, fc, flat_v, (c * H + h) * M * V, V, M // 16, V // 16)

@@ -14,6 +14,15 @@ def deals_by_rows(m_tiles: int, n_tiles: int) -> bool:
     return per_warp >= 1 and per_warp * WARPS == m_tiles * n_tiles and n_tiles % per_warp == 0
 
 
+def check_row_strides(*, operand_rows, output_rows) -> None:
+    """The row strides (elements) of a kernel's tiles suit these matmuls: ldmatrix reads 16-byte
+    rows of the 16-bit operands (a multiple of 8 elements), the accumulators go out as 8-byte
+    pairs of float32 (a multiple of 2)."""
+    bad = [r for r in operand_rows if r % 8] + [r for r in output_rows if r % 2]
+    if bad:
+        raise ValueError(f"tile row strides {bad} are not 16-byte (operands) or 8-byte (outputs) multiples")
+
+
 def tiles_per_warp(m_tiles: int, n_tiles: int) -> int:
     """Output tiles each warp owns: a warp takes consecutive tiles of one row of the grid, so
     the left operand of a k step is loaded once for all of them."""
