@@ -66,6 +66,39 @@ def _ptx_type(dtype) -> str:
     return {"bfloat16": "bf16", "float16": "fp16"}[str(dtype)]
 
 
+def acc_row(tid, e):
+    """Row, within its 16 x 16 tile, of accumulator 4 h + e (e < 4) of the calling lane."""
+    return (tid % 32) // 4 + 8 * (e // 2)
+
+
+def acc_col(tid, h, e):
+    """Column, within its 16 x 16 tile, of accumulator 4 h + e of the calling lane (the n8
+    half h). The accumulators of a 16 x 16 tile in this order are also the lane's A fragment
+    of that tile (mma.m16n8k16): a product can feed the next matmul without leaving registers."""
+    return 8 * h + 2 * (tid % 4) + e % 2
+
+
+@T.macro
+def load_b(tid, fb, b, b_ld, b_layout, offset):
+    """The 16 x 16 b tile at element ``offset`` of b (rows b_ld apart, ``b_layout`` as in
+    ``warp_tiles``) into the lane's fragment ``fb``."""
+    # b given [n][k] (col_major) is already the mma's "col" operand; [k][n] is transposed
+    T.ptx_legacy.ldmatrix(
+        b_layout == "row_major", 4, ".b16", fb.data, 0,
+        T.tvm_access_ptr(T.type_annotation(b.dtype), b.data, offset, 16 * b_ld, 1),
+        _lane_offset(tid, b_ld, b_layout == "row_major"), dtype=b.dtype)
+
+
+@T.macro
+def mma_tile(fa, a_first, fb, fc, c_first):
+    """fc[c_first:c_first + FRAG_C] += (A fragment fa[a_first:]) (B fragment fb): one 16-wide k
+    step of a 16 x 16 output tile, as two mma.sync m16n8k16."""
+    for h in T.unroll(2):
+        T.ptx_legacy.mma(
+            "m16n8k16", "row", "col", _ptx_type(fa.dtype), _ptx_type(fb.dtype), "fp32",
+            fa.data, a_first, fb.data, 4 * h, fc.data, c_first + 4 * h, False, dtype="float32")
+
+
 @T.macro
 def warp_store(tid, fc, out, out_base, out_ld, m_tiles, n_tiles):
     """The accumulators of ``warp_tiles`` into out[out_base + (16 i + r) out_ld + 16 n + c]
@@ -75,8 +108,8 @@ def warp_store(tid, fc, out, out_base, out_ld, m_tiles, n_tiles):
             for r in T.unroll(2):
                 # a lane's two neighbouring columns as one 8-byte store
                 for e in T.vectorized(2):
-                    out[out_base + (tile_row(tid, m_tiles, n_tiles) * 16 + (tid % 32) // 4 + 8 * r) * out_ld
-                        + (tile_col(tid, m_tiles, n_tiles) + f) * 16 + 8 * h + 2 * (tid % 4) + e] = fc[FRAG_C * f + 4 * h + 2 * r + e]
+                    out[out_base + (tile_row(tid, m_tiles, n_tiles) * 16 + acc_row(tid, 2 * r)) * out_ld
+                        + (tile_col(tid, m_tiles, n_tiles) + f) * 16 + acc_col(tid, h, e)] = fc[FRAG_C * f + 4 * h + 2 * r + e]
 
 
 @T.macro
@@ -106,18 +139,9 @@ def warp_tiles(tid, fa, fb, fc, out, out_ld, a, a_ld, b, b_ld, b_layout, m_tiles
             _lane_offset(tid, a_ld, a_layout == "row_major"), dtype=a.dtype)
         for f in T.unroll(tiles_per_warp(m_tiles, n_tiles)):
             if kk < k_count(tile_row(tid, m_tiles, n_tiles), tile_col(tid, m_tiles, n_tiles) + f):
-                # b given [n][k] (col_major) is already the mma's "col" operand; [k][n] is transposed
-                T.ptx_legacy.ldmatrix(
-                    b_layout == "row_major", 4, ".b16", fb.data, 0,
-                    T.tvm_access_ptr(T.type_annotation(b.dtype), b.data,
-                                     b_offset(tile_row(tid, m_tiles, n_tiles), tile_col(tid, m_tiles, n_tiles) + f, kk),
-                                     16 * b_ld, 1),
-                    _lane_offset(tid, b_ld, b_layout == "row_major"), dtype=b.dtype)
-                for h in T.unroll(2):
-                    T.ptx_legacy.mma(
-                        "m16n8k16", "row", "col", _ptx_type(a.dtype), _ptx_type(b.dtype), "fp32",
-                        fa.data, 0, fb.data, 4 * h, fc.data, FRAG_C * f + 4 * h, False,
-                        dtype="float32")
+                load_b(tid, fb, b, b_ld, b_layout,
+                       b_offset(tile_row(tid, m_tiles, n_tiles), tile_col(tid, m_tiles, n_tiles) + f, kk))
+                mma_tile(fa, 0, fb, fc, FRAG_C * f)
     if store:
         warp_store(tid, fc, out, 0, out_ld, m_tiles, n_tiles)
 
