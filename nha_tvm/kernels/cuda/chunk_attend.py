@@ -436,7 +436,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             m: T.let[T.int32] = T.min(j * THREADS + tid, off_rows * M - 1) % M
                             ib: T.let[T.int32] = sub_block_of(r)
                             tau: T.let[T.int32] = r - sub_block_offset(ib)
-                            u_vals[j] = ss[tau * (M + 1) + m] * T.exp(gs[(16 * ib - 1) * (M + 1) + m] - gs[tau * (M + 1) + m])
+                            u_vals[j] = ss[tau * (M + 1) + m] * T.exp(g_before(gs, ib, m) - gs[tau * (M + 1) + m])
                         decay[0] = warp_decay[0]
                         for w in T.unroll(1, WARPS):
                             decay[0] = T.max(decay[0], warp_decay[w])

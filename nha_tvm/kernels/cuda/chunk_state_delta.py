@@ -23,8 +23,7 @@ from tvm.script import tirx as T
 
 from .layout import THREADS, TX, TY, ceil_div
 from .staging import VEC, stage_rows
-from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, check_row_strides, deals_by_rows, tiles_per_warp,
-                       warp_matmul, warp_store)
+from .warp_mma import FRAG_A, FRAG_B, FRAG_C, deals_by_rows, tiles_per_warp, warp_matmul, warp_store
 
 
 @T.macro
@@ -86,7 +85,6 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
         k_row, v_row, w16_row = K + 8, V + 8, M + 8
         w_row = 1
         fragments = max(tiles_per_warp(K // 16, M // 16), tiles_per_warp(M // 16, V // 16))
-        check_row_strides(operand_rows=[k_row, v_row, w16_row], output_rows=[M, V])
     else:  # shared rows padded to whole vectors, so every thread's vector stays in bounds
         k_row, v_row, w16_row = TY * rows_k, TX * cols_v, 1
         w_row = max(TX * cols_m, TY * rows_m)
