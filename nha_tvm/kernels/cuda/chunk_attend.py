@@ -22,7 +22,9 @@ half-warp hit 16 different banks. Results are kept in registers and written to s
 in separate loops: TVM plans barriers conservatively across the merged dynamic shared buffer,
 and a store between two reads would cost a barrier each. With 16-bit inputs the key and value
 matmuls (Q k'^T, X v', the window's Q K^T and P V) run on tensor cores (``warp_mma``: ldmatrix
-and mma.sync, accumulators in registers), each warp taking whole 16 x 16 output tiles.
+and mma.sync, accumulators in registers), each warp taking whole 16 x 16 output tiles; in
+the window two warps share a row block, each with half the keys of a tile and its own online
+softmax on its accumulators, and merge at the end.
 
 With 16-bit inputs the slot path runs there too (``slots_on_tensor_cores``): the chunk-start
 states come in the input dtype, so Q S_c and (P exp(G)) R_c are tensor-core matmuls, and the
@@ -50,8 +52,8 @@ from tvm.script import tirx as T
 
 from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
 from .staging import VEC, load_rows, stage_rows, store_rows
-from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, check_row_strides, deals_by_rows, tiles_per_warp,
-                       warp_matmul, warp_tiles)
+from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, deals_by_rows,
+                       load_b, mma_tile, tile_col, tile_row, tiles_per_warp, warp_matmul, warp_tiles)
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
@@ -153,9 +155,11 @@ def diagonal_decay_limit(io_dtype: str) -> float:
 def uses_tensor_cores(*, K: int, V: int, C: int, io_dtype: str) -> bool:
     """The key and value matmuls run on tensor cores (mma.sync m16n8k16, fp32 accumulate) for
     16-bit inputs whose [C, C] and [C, V] tiles deal out to the warps by rows
-    (``warp_mma.warp_tiles``); fp32 inputs stay on CUDA cores."""
+    (``warp_mma.warp_tiles``), two warps to a row of [C, C] tiles (the window's softmax);
+    fp32 inputs stay on CUDA cores."""
     return io_dtype in ("bfloat16", "float16") and K % 16 == 0 and V % 16 == 0 \
-        and deals_by_rows(C // 16, C // 16) and deals_by_rows(C // 16, V // 16)
+        and deals_by_rows(C // 16, C // 16) and deals_by_rows(C // 16, V // 16) \
+        and C // 16 == 2 * tiles_per_warp(C // 16, C // 16)
 
 
 def slots_on_tensor_cores(*, K: int, V: int, M: int, C: int, io_dtype: str) -> bool:
@@ -206,7 +210,8 @@ def sub_block_rows(C: int) -> int:
 
 
 def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
-    """Dynamic shared memory of one block (the kernel cannot run where this does not fit)."""
+    """Dynamic shared memory of one block (the kernel cannot run where this does not fit): the
+    sum of its buffers, an upper bound of what TVM's merge of them allocates."""
     io = 4 if io_dtype == "float32" else 2
     lay = tile_layout(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
     key = 4 if lay["key_dtype"] == "float32" else io
@@ -214,7 +219,7 @@ def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
     return C * (lay["q_row"] * io + lay["key_row"] * key + lay["v_row"] * io + 2 * (M + 1) * 4
                 + M * 4 + lay["x_row"] * 4 + lay["w_row"] * io + lay["prod_row"] * 4
                 + lay["pw_row"] * io) + state + lay["u_rows"] * lay["u_row"] * io \
-        + (WARPS * 4 if lay["slots_tc"] else 0)
+        + (WARPS * 4 if lay["slots_tc"] else 0) + (4 * C * 4 if lay["tensor_cores"] else 0)
 
 
 def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: str,
@@ -249,6 +254,18 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
         largest decay, or a marker past the limit for an |s'| > 1, is within the limit)."""
         return decay[0] <= T.float32(limit)
     chunk_dtype = state_dtype(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
+    # the window on tensor cores: each warp's Q K^T tiles (key_tiles of one row of tiles) and
+    # its softmax; two warps share a row block, and the second hands its part to the first
+    key_tiles = tiles_per_warp(C // 16, C // 16) if tensor_cores else 1
+    v_tiles = tiles_per_warp(C // 16, V // 16) if tensor_cores else 1  # of a warp's [C, V] tiles
+
+    def win_row(tid, r2):
+        """Row t of the chunk of the lane's accumulators r2 = e // 2 of its window tiles."""
+        return 16 * tile_row(tid, C // 16, C // 16) + acc_row(tid, 2 * r2)
+
+    def win_col(tid, f, e):
+        """Key column, within a key tile, of the lane's accumulator e of its window tile f."""
+        return 16 * (tile_col(tid, C // 16, C // 16) + f) + acc_col(tid, e // 4, e % 4)
     group = HQ // H
     rows = C // TY
     cols_m, cols_c, cols_v = ceil_div(M, TX), C // TX, ceil_div(V, TX)
@@ -314,6 +331,17 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     fa = T.sblock_alloc_buffer((FRAG_A,), io_dtype, scope="local")
                     fb = T.sblock_alloc_buffer((FRAG_B,), io_dtype, scope="local")
                     fc = T.sblock_alloc_buffer((FRAG_C * fragments,), "float32", scope="local")
+                    # the window on tensor cores: per lane the output of its rows (wo), their
+                    # running max and partial sums, P as A fragments; and the rows' softmax
+                    # statistics handed between warps
+                    wo = T.sblock_alloc_buffer((FRAG_C * (V // 16) if tensor_cores else 1,), "float32", scope="local")
+                    wm = T.sblock_alloc_buffer((2,), "float32", scope="local")
+                    wl = T.sblock_alloc_buffer((2,), "float32", scope="local")
+                    w_new = T.sblock_alloc_buffer((2,), "float32", scope="local")
+                    w_scale = T.sblock_alloc_buffer((2,), "float32", scope="local")
+                    w_other = T.sblock_alloc_buffer((2,), "float32", scope="local")
+                    fp = T.sblock_alloc_buffer((FRAG_A * key_tiles,), io_dtype, scope="local")
+                    row_stats = T.sblock_alloc_buffer((4 * C if tensor_cores else 1,), "float32", scope="shared.dyn")
                     # running softmax statistics of the thread's rows (equal across a row's lanes)
                     row_max = T.sblock_alloc_buffer((rows,), "float32", scope="local")
                     row_sum = T.sblock_alloc_buffer((rows,), "float32", scope="local")
@@ -559,10 +587,15 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         warp_matmul(tid, fa, fb, fc, product, prod_row, pw, pw_row, state16, v_row, "row_major", C // 16, V // 16, M // 16,
                                     store=False)
                         warp_matmul(tid, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16,
-                                    fill=False)
-                        for a in T.unroll(rows):
-                            for b in T.unroll(cols_v):
-                                acc_v[a, b] = product[(ty + TY * a) * prod_row + tx + TX * b]
+                                    fill=False, store=False)
+                        # the window's output starts from these accumulators: the warps of a row
+                        # block hold its rows in both grids, each the slot part of its own
+                        # columns (the window's two parts add up linearly)
+                        for nt in T.unroll(V // 16):
+                            for e in T.unroll(FRAG_C):
+                                wo[FRAG_C * nt + e] = T.Select(
+                                    nt // v_tiles == tile_col(tid, C // 16, V // 16) // v_tiles,
+                                    fc[FRAG_C * (nt % v_tiles) + e], T.float32(0))
                     else:
                         state_rows_matmul(acc_v, lambda a, m: ps[ty + TY * a, m],
                                           state, chunk_v, c, h, M, V, rows, cols_v, tx, tid)
@@ -581,21 +614,118 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     # ---- window keys j in (p_t - W, p_t], RoPE'd, in tiles of C keys ----
                     lo: T.let[T.int32] = T.max(0, p0 - window + 1)  # first key any row can see
                     if tensor_cores:
+                        # Each warp takes the 16 rows of its Q K^T tiles and their key columns of
+                        # every key tile, and runs its own online softmax in the mma accumulators:
+                        # per row of the lane a running max wm and a partial sum wl (its own
+                        # columns), and the rows' output wo [16, V], which P V adds to with P
+                        # straight from the accumulators. Both warps of a row block start from
+                        # the slot part's max; with the slot path on tensor cores each starts
+                        # from the slot part of the columns its read-out tiles held, otherwise
+                        # the first from all of it (through shared memory) and the other from
+                        # nothing. The second hands its part to the first at the end.
+                        for a in T.unroll(rows):
+                            if not slots_tc:
+                                for b in T.unroll(cols_v):
+                                    product[(ty + TY * a) * prod_row + tx + TX * b] = acc_v[a, b]
+                            row_stats[ty + TY * a] = row_max[a]  # every lane of the row: the same value
+                            row_stats[C + ty + TY * a] = row_sum[a]
                         stage_rows(qs, q_row, C, qr, start + p0, 0, valid, hq, K, total, stage_vec, tid)
                         # each tile's loads go out a phase ahead of their use: the first key
                         # tile's now, a value tile's before Q K^T and the softmax, the next key
                         # tile's before P V (one register buffer, always in flight)
                         load_rows(stage_vec, C, kr, start + lo, h, K, total, tid)
+                        for r2 in T.unroll(2):
+                            wm[r2] = row_stats[win_row(tid, r2)]
+                            wl[r2] = T.Select(tile_col(tid, C // 16, C // 16) == 0 and tid % 4 == 0,
+                                              row_stats[C + win_row(tid, r2)], T.float32(0))
+                        if not slots_tc:  # (with slots_tc, wo holds the slot part already)
+                            for nt in T.unroll(V // 16):
+                                for e in T.unroll(FRAG_C):
+                                    wo[FRAG_C * nt + e] = T.Select(
+                                        tile_col(tid, C // 16, C // 16) == 0,
+                                        product[win_row(tid, e % 4 // 2) * prod_row + 16 * nt + acc_col(tid, e // 4, e % 4)],
+                                        T.float32(0))
+                        for kt in T.serial(T.if_then_else(window > 0 and valid > 0, (p0 + valid - lo + C - 1) // C, 0)):
+                            store_rows(ks, key_row, C, stage_vec, K, 0, p0 + valid - lo - kt * C, tid)
+                            load_rows(stage_vec, C, v, start + lo + kt * C, h, V, total, tid)
+                            # S = Q K^T of the warp's tiles, left in the accumulators
+                            warp_matmul(tid, fa, fb, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16,
+                                        store=False)
+                            for f in T.unroll(key_tiles):
+                                for e in T.unroll(FRAG_C):
+                                    # key position lo + kt C + col is in the window of row t iff
+                                    # p_t - W < key <= p_t (and the row is a real token)
+                                    fc[FRAG_C * f + e] = T.Select(
+                                        lo + kt * C + win_col(tid, f, e) <= p0 + win_row(tid, e % 4 // 2)
+                                        and lo + kt * C + win_col(tid, f, e) > p0 + win_row(tid, e % 4 // 2) - window
+                                        and win_row(tid, e % 4 // 2) < valid,
+                                        fc[FRAG_C * f + e] * scale, T.float32(NEG))
+                            for r2 in T.unroll(2):
+                                w_new[r2] = wm[r2]
+                            for f in T.unroll(key_tiles):
+                                for e in T.unroll(FRAG_C):
+                                    w_new[e % 4 // 2] = T.max(w_new[e % 4 // 2], fc[FRAG_C * f + e])
+                            for r2 in T.unroll(2):
+                                for k in T.unroll(2):  # a row's four lanes
+                                    w_new[r2] = T.max(w_new[r2], T.tvm_warp_shuffle(
+                                        T.tvm_warp_activemask(), w_new[r2], (tid % 32) ^ (1 << k), 32, 32))
+                                w_scale[r2] = T.exp(wm[r2] - w_new[r2])
+                                wm[r2] = w_new[r2]
+                                wl[r2] = wl[r2] * w_scale[r2]
+                            for f in T.unroll(key_tiles):
+                                for e in T.unroll(FRAG_C):
+                                    fc[FRAG_C * f + e] = T.exp(fc[FRAG_C * f + e] - wm[e % 4 // 2])
+                                    wl[e % 4 // 2] = wl[e % 4 // 2] + fc[FRAG_C * f + e]
+                                    # the accumulators of a tile are the lane's A fragment of it
+                                    fp[FRAG_A * f + e] = T.Cast(io_dtype, fc[FRAG_C * f + e])
+                            for nt in T.unroll(V // 16):
+                                for e in T.unroll(FRAG_C):
+                                    wo[FRAG_C * nt + e] = wo[FRAG_C * nt + e] * w_scale[e % 4 // 2]
+                            store_rows(vs, v_row, C, stage_vec, V, 0, p0 + valid - lo - kt * C, tid)
+                            load_rows(stage_vec, C, kr, start + lo + (kt + 1) * C, h, K, total, tid)
+                            # wo += P V over the warp's keys
+                            for f in T.unroll(key_tiles):
+                                for nt in T.unroll(V // 16):
+                                    load_b(tid, fb, vs, v_row, "row_major", 16 * (tile_col(tid, C // 16, C // 16) + f) * v_row + 16 * nt)
+                                    mma_tile(fp, FRAG_A * f, fb, wo, FRAG_C * nt)
+                        for r2 in T.unroll(2):
+                            for k in T.unroll(2):
+                                wl[r2] = wl[r2] + T.tvm_warp_shuffle(
+                                    T.tvm_warp_activemask(), wl[r2], (tid % 32) ^ (1 << k), 32, 32)
+                        # the second warp of each row block hands its part to the first (the
+                        # explicit barriers: with no key tile the loop's are not there, and the
+                        # hand-over must not be planned inside the branches)
+                        T.evaluate(T.tvm_storage_sync("shared"))
+                        if tile_col(tid, C // 16, C // 16) != 0:
+                            for nt in T.unroll(V // 16):
+                                for e in T.unroll(FRAG_C):
+                                    product[win_row(tid, e % 4 // 2) * prod_row + 16 * nt + acc_col(tid, e // 4, e % 4)] = wo[FRAG_C * nt + e]
+                            for r2 in T.unroll(2):
+                                row_stats[2 * C + win_row(tid, r2)] = wm[r2]
+                                row_stats[3 * C + win_row(tid, r2)] = wl[r2]
+                        T.evaluate(T.tvm_storage_sync("shared"))
+                        if tile_col(tid, C // 16, C // 16) == 0:
+                            for r2 in T.unroll(2):
+                                w_new[r2] = T.max(wm[r2], row_stats[2 * C + win_row(tid, r2)])
+                                wl[r2] = wl[r2] * T.exp(wm[r2] - w_new[r2]) \
+                                    + row_stats[3 * C + win_row(tid, r2)] * T.exp(row_stats[2 * C + win_row(tid, r2)] - w_new[r2])
+                                # the weights of this warp's part and of the other's in the output
+                                w_scale[r2] = T.exp(wm[r2] - w_new[r2]) / wl[r2]
+                                w_other[r2] = T.exp(row_stats[2 * C + win_row(tid, r2)] - w_new[r2]) / wl[r2]
+                            for nt in T.unroll(V // 16):
+                                for hh in T.unroll(2):
+                                    for r2 in T.unroll(2):
+                                        if win_row(tid, r2) < valid:
+                                            for e in T.vectorized(2):
+                                                o[start + p0 + win_row(tid, r2), hq, 16 * nt + acc_col(tid, hh, e)] = T.Cast(
+                                                    io_dtype, wo[FRAG_C * nt + 4 * hh + 2 * r2 + e] * w_scale[r2]
+                                                    + product[win_row(tid, r2) * prod_row + 16 * nt + acc_col(tid, hh, e)] * w_other[r2])
                     else:
                         for j in T.unroll(ceil_div(C * K, THREADS)):
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
                             i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
                             qs[r * q_row + i] = T.if_then_else(r < valid, qr[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
-                    for kt in T.serial(T.if_then_else(window > 0 and valid > 0, (p0 + valid - lo + C - 1) // C, 0)):
-                        if tensor_cores:
-                            store_rows(ks, key_row, C, stage_vec, K, 0, p0 + valid - lo - kt * C, tid)
-                            load_rows(stage_vec, C, v, start + lo + kt * C, h, V, total, tid)
-                        else:
+                        for kt in T.serial(T.if_then_else(window > 0 and valid > 0, (p0 + valid - lo + C - 1) // C, 0)):
                             for j in T.unroll(ceil_div(C * K, THREADS)):
                                 r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
                                 i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
@@ -606,52 +736,35 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                 e: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) % V
                                 vs[r * v_row + e] = T.if_then_else(lo + kt * C + r < p0 + valid,
                                                           v[start + lo + kt * C + r, h, e], T.Cast(io_dtype, 0))
-                        if tensor_cores:
-                            warp_matmul(tid, fa, fb, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16)
-                            for a in T.unroll(rows):
-                                for b in T.unroll(cols_c):
-                                    acc_c[a, b] = xs[(ty + TY * a) * x_row + tx + TX * b]
-                        else:
                             key_logits_on_cuda_cores(acc_c, qs, q_row, ks, key_row, K, rows, cols_c, ty, tx)
-                        for a in T.unroll(rows):
-                            for b in T.unroll(cols_c):
-                                # key position lo + kt C + col is in the window of row t iff
-                                # p_t - W < key <= p_t (and the row is a real token)
-                                acc_c[a, b] = T.if_then_else(
-                                    lo + kt * C + tx + TX * b <= p0 + ty + TY * a
-                                    and lo + kt * C + tx + TX * b > p0 + ty + TY * a - window
-                                    and ty + TY * a < valid,
-                                    acc_c[a, b] * scale, T.float32(NEG))
-                        for a in T.unroll(rows):
-                            tile_max[0] = row_max[a]
-                            for b in T.unroll(cols_c):
-                                tile_max[0] = T.max(tile_max[0], acc_c[a, b])
-                            for k in T.unroll(LOG2_TX):
-                                tile_max[0] = T.max(tile_max[0], T.tvm_warp_shuffle(
-                                    T.tvm_warp_activemask(), tile_max[0], tx ^ (TX >> (k + 1)), TX, 32))
-                            rescale[0] = T.exp(row_max[a] - tile_max[0])
-                            row_max[a] = tile_max[0]
-                            tile_sum[0] = T.float32(0)
-                            for b in T.unroll(cols_c):
-                                acc_c[a, b] = T.exp(acc_c[a, b] - row_max[a])
-                                tile_sum[0] = tile_sum[0] + acc_c[a, b]
-                            for k in T.unroll(LOG2_TX):
-                                tile_sum[0] = tile_sum[0] + T.tvm_warp_shuffle(
-                                    T.tvm_warp_activemask(), tile_sum[0], tx ^ (TX >> (k + 1)), TX, 32)
-                            row_sum[a] = row_sum[a] * rescale[0] + tile_sum[0]
-                            for b in T.unroll(cols_v):
-                                acc_v[a, b] = acc_v[a, b] * rescale[0]
-                        if tensor_cores:
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_c):
-                                    weights[(ty + TY * a) * w_row + tx + TX * b] = T.Cast(io_dtype, acc_c[a, b])
-                            store_rows(vs, v_row, C, stage_vec, V, 0, p0 + valid - lo - kt * C, tid)
-                            load_rows(stage_vec, C, kr, start + lo + (kt + 1) * C, h, K, total, tid)
-                            warp_matmul(tid, fa, fb, fc, product, prod_row, weights, w_row, vs, v_row, "row_major", C // 16, V // 16, C // 16)
+                                    # key position lo + kt C + col is in the window of row t iff
+                                    # p_t - W < key <= p_t (and the row is a real token)
+                                    acc_c[a, b] = T.if_then_else(
+                                        lo + kt * C + tx + TX * b <= p0 + ty + TY * a
+                                        and lo + kt * C + tx + TX * b > p0 + ty + TY * a - window
+                                        and ty + TY * a < valid,
+                                        acc_c[a, b] * scale, T.float32(NEG))
                             for a in T.unroll(rows):
+                                tile_max[0] = row_max[a]
+                                for b in T.unroll(cols_c):
+                                    tile_max[0] = T.max(tile_max[0], acc_c[a, b])
+                                for k in T.unroll(LOG2_TX):
+                                    tile_max[0] = T.max(tile_max[0], T.tvm_warp_shuffle(
+                                        T.tvm_warp_activemask(), tile_max[0], tx ^ (TX >> (k + 1)), TX, 32))
+                                rescale[0] = T.exp(row_max[a] - tile_max[0])
+                                row_max[a] = tile_max[0]
+                                tile_sum[0] = T.float32(0)
+                                for b in T.unroll(cols_c):
+                                    acc_c[a, b] = T.exp(acc_c[a, b] - row_max[a])
+                                    tile_sum[0] = tile_sum[0] + acc_c[a, b]
+                                for k in T.unroll(LOG2_TX):
+                                    tile_sum[0] = tile_sum[0] + T.tvm_warp_shuffle(
+                                        T.tvm_warp_activemask(), tile_sum[0], tx ^ (TX >> (k + 1)), TX, 32)
+                                row_sum[a] = row_sum[a] * rescale[0] + tile_sum[0]
                                 for b in T.unroll(cols_v):
-                                    acc_v[a, b] = acc_v[a, b] + product[(ty + TY * a) * prod_row + tx + TX * b]
-                        else:
+                                    acc_v[a, b] = acc_v[a, b] * rescale[0]
                             for a in T.unroll(rows):
                                 for b in T.unroll(cols_c):
                                     xs[(ty + TY * a) * x_row + tx + TX * b] = acc_c[a, b]
@@ -660,10 +773,9 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                     for b in T.unroll(cols_v):
                                         if tx + TX * b < V:
                                             acc_v[a, b] = acc_v[a, b] + xs[(ty + TY * a) * x_row + col] * T.Cast("float32", vs[col * v_row + tx + TX * b])
-
-                    for a in T.unroll(rows):
-                        for b in T.unroll(cols_v):
-                            if ty + TY * a < valid and tx + TX * b < V:
-                                o[start + p0 + ty + TY * a, hq, tx + TX * b] = T.Cast(io_dtype, acc_v[a, b] / row_sum[a])
+                        for a in T.unroll(rows):
+                            for b in T.unroll(cols_v):
+                                if ty + TY * a < valid and tx + TX * b < V:
+                                    o[start + p0 + ty + TY * a, hq, tx + TX * b] = T.Cast(io_dtype, acc_v[a, b] / row_sum[a])
 
     return func
