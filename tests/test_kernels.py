@@ -72,11 +72,17 @@ def test_chunk_gate_prefix_sums():
 
 
 def test_chunk_state_scan_carries_states_across_chunks():
+    from nha_tvm.kernels.chunk_state_scan import UNROLL
+
     H, K, V, M, C = 2, 4, 3, 5, 64
-    cu = torch.tensor([0, 70, 200], dtype=torch.int32)
-    chunk_offsets = torch.tensor([0, 2, 5], dtype=torch.int32)
-    gcum = _chunk_prefix_sums(-torch.rand(200, H, M) / 4, cu, C, 0)
-    add_k, add_v = torch.randn(5, H, K, M), torch.randn(5, H, M, V)
+    # a short sequence, and one whose chunks span several groups of UNROLL and part of another
+    long_chunks = 2 * UNROLL + 3
+    total = 70 + C * (long_chunks - 1) + 5
+    cu = torch.tensor([0, 70, total], dtype=torch.int32)
+    chunk_offsets = torch.tensor([0, 2, 2 + long_chunks], dtype=torch.int32)
+    NC = 2 + long_chunks
+    gcum = _chunk_prefix_sums(-torch.rand(total, H, M) / 4, cu, C, 0)
+    add_k, add_v = torch.randn(NC, H, K, M), torch.randn(NC, H, M, V)
     h0k, h0v = torch.randn(2, H, K, M), torch.randn(2, H, M, V)
     chunk_k, chunk_v = torch.full_like(add_k, float("nan")), torch.full_like(add_v, float("nan"))
     hk, hv = torch.full((2, H, K, M), float("nan")), torch.full((2, H, M, V), float("nan"))

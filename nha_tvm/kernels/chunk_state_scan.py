@@ -15,8 +15,9 @@ final state stay float32, so no rounding accumulates from chunk to chunk.
 from tvm.script import tirx as T
 
 # chunks whose loads are issued together: the loads do not depend on the running state, so a
-# thread keeps UNROLL of them in flight instead of waiting for each in turn
-UNROLL = 8
+# thread keeps UNROLL of them in flight instead of waiting for each in turn (of 8, 16 and 32,
+# 32 measured fastest on an H200; BENCHMARKS.md)
+UNROLL = 32
 
 
 def chunk_state_scan(*, H: int, K: int, V: int, M: int, C: int, state_dtype: str):
