@@ -258,6 +258,10 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     # its softmax; two warps share a row block, and the second hands its part to the first
     key_tiles = tiles_per_warp(C // 16, C // 16) if tensor_cores else 1
     v_tiles = tiles_per_warp(C // 16, V // 16) if tensor_cores else 1  # of a warp's [C, V] tiles
+    # the window starts from the read-out's accumulators: a warp's rows must be the same in the
+    # [C, C] and the [C, V] grid of tiles (as C = 64, which uses_tensor_cores asks for, makes them)
+    assert not tensor_cores or all(
+        w * key_tiles // (C // 16) == w * v_tiles // (V // 16) for w in range(WARPS))
 
     def win_row(tid, r2):
         """Row t of the chunk of the lane's accumulators r2 = e // 2 of its window tiles."""
