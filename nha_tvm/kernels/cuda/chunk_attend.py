@@ -261,7 +261,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     # the window starts from the read-out's accumulators: a warp's rows must be the same in the
     # [C, C] and the [C, V] grid of tiles (as C = 64, which uses_tensor_cores asks for, makes them)
     assert not tensor_cores or all(
-        w * key_tiles // (C // 16) == w * v_tiles // (V // 16) for w in range(WARPS))
+        tile_row(32 * w, C // 16, C // 16) == tile_row(32 * w, C // 16, V // 16) for w in range(WARPS))
 
     def win_row(tid, r2):
         """Row t of the chunk of the lane's accumulators r2 = e // 2 of its window tiles."""
