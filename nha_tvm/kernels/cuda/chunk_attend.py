@@ -56,6 +56,7 @@ from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strid
                        load_b, mma_tile, tile_col, tile_row, tiles_per_warp, warp_matmul, warp_tiles)
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
+STATIC_SHARED_BYTES = 48 * 1024  # CUDA's limit of a block's static shared memory
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
 
 
@@ -203,6 +204,16 @@ def tile_layout(*, K: int, V: int, M: int, C: int, io_dtype: str) -> dict:
                 u_rows=0, u_row=0)
 
 
+def key_value_scope(lay: dict, C: int) -> str:
+    """Where the key and value tiles live. TVM's barrier planner takes every dynamic shared
+    buffer for one (they are merged later), so in the window loop the store of a key tile after
+    the previous tile's P V read the value tile, and the store of the value tile after Q K^T
+    read the keys, cost a barrier each; static buffers it tells apart: two barriers per key
+    tile instead of four. Static shared memory is at most 48 KB a block."""
+    fits = C * (lay["key_row"] + lay["v_row"]) * 2 <= STATIC_SHARED_BYTES
+    return "shared" if lay["tensor_cores"] and fits else "shared.dyn"
+
+
 def sub_block_rows(C: int) -> int:
     """Rows of all U_i together: U_i has a row per token before sub-block i (16 i), then the
     diagonal rows, one per token of the chunk (U_i's rows of sub-block i)."""
@@ -210,8 +221,8 @@ def sub_block_rows(C: int) -> int:
 
 
 def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
-    """Dynamic shared memory of one block (the kernel cannot run where this does not fit): the
-    sum of its buffers, an upper bound of what TVM's merge of them allocates."""
+    """Shared memory of one block, dynamic and static (the kernel cannot run where this does
+    not fit): the sum of its buffers, an upper bound of what TVM's merge of them allocates."""
     io = 4 if io_dtype == "float32" else 2
     lay = tile_layout(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
     key = 4 if lay["key_dtype"] == "float32" else io
@@ -239,6 +250,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     sub_blocks = C // 16
     off_rows = earlier_rows(sub_blocks)
     limit = diagonal_decay_limit(io_dtype)
+    kv_scope = key_value_scope(lay, C)
 
     def sub_block_of(r):
         """The i of U_i whose rows before sub-block i hold row r of them all."""
@@ -314,8 +326,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     qs = T.sblock_alloc_buffer((C * q_row,), io_dtype, scope="shared.dyn")
                     # ks, gs and ss are read down their columns: flat, with rows padded by one
                     # word so a half-warp hits 16 banks (a 2-D buffer would be compacted back)
-                    ks = T.sblock_alloc_buffer((C * key_row,), key_dtype, scope="shared.dyn")
-                    vs = T.sblock_alloc_buffer((C * v_row,), io_dtype, scope="shared.dyn")
+                    ks = T.sblock_alloc_buffer((C * key_row,), key_dtype, scope=kv_scope)
+                    vs = T.sblock_alloc_buffer((C * v_row,), io_dtype, scope=kv_scope)
                     gs = T.sblock_alloc_buffer((C * (M + 1),), "float32", scope="shared.dyn")
                     ss = T.sblock_alloc_buffer((C * (M + 1),), "float32", scope="shared.dyn")
                     ps = T.sblock_alloc_buffer((C, M), "float32", scope="shared.dyn")
