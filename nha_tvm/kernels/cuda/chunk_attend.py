@@ -53,7 +53,7 @@ from tvm.script import tirx as T
 from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
 from .staging import VEC, load_rows, stage_rows, store_rows
 from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, deals_by_rows,
-                       load_b, mma_tile, tile_col, tile_row, tiles_per_warp, warp_matmul, warp_tiles)
+                       load_a, load_b, mma_tile, tile_col, tile_row, tiles_per_warp, warp_matmul, warp_tiles)
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 STATIC_SHARED_BYTES = 48 * 1024  # CUDA's limit of a block's static shared memory
@@ -357,6 +357,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     w_scale = T.sblock_alloc_buffer((2,), "float32", scope="local")
                     w_other = T.sblock_alloc_buffer((2,), "float32", scope="local")
                     fp = T.sblock_alloc_buffer((FRAG_A * key_tiles,), io_dtype, scope="local")
+                    fq = T.sblock_alloc_buffer((FRAG_A * K // 16 if tensor_cores else 1,), io_dtype, scope="local")
                     row_stats = T.sblock_alloc_buffer((4 * C if tensor_cores else 1,), "float32", scope="shared.dyn")
                     # running softmax statistics of the thread's rows (equal across a row's lanes)
                     row_max = T.sblock_alloc_buffer((rows,), "float32", scope="local")
@@ -650,6 +651,9 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         # tile's now, a value tile's before Q K^T and the softmax, the next key
                         # tile's before P V (one register buffer, always in flight)
                         load_rows(stage_vec, C, kr, start + lo, h, K, total, tid)
+                        # the warp's rows of Q stay in registers as A fragments for every key tile
+                        for kk in T.unroll(K // 16):
+                            load_a(tid, fq, FRAG_A * kk, qs, q_row, 16 * tile_row(tid, C // 16, C // 16) * q_row + 16 * kk)
                         for r2 in T.unroll(2):
                             wm[r2] = row_stats[win_row(tid, r2)]
                             wl[r2] = T.Select(tile_col(tid, C // 16, C // 16) == 0 and tid % 4 == 0,
@@ -665,8 +669,12 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             store_rows(ks, key_row, C, stage_vec, K, 0, p0 + valid - lo - kt * C, tid)
                             load_rows(stage_vec, C, v, start + lo + kt * C, h, V, total, tid)
                             # S = Q K^T of the warp's tiles, left in the accumulators
-                            warp_matmul(tid, fa, fb, fc, xs, x_row, qs, q_row, ks, key_row, "col_major", C // 16, C // 16, K // 16,
-                                        store=False)
+                            for e in T.unroll(FRAG_C * key_tiles):
+                                fc[e] = T.float32(0)
+                            for kk in T.unroll(K // 16):
+                                for f in T.unroll(key_tiles):
+                                    load_b(tid, fb, ks, key_row, "col_major", 16 * (tile_col(tid, C // 16, C // 16) + f) * key_row + 16 * kk)
+                                    mma_tile(fq, FRAG_A * kk, fb, fc, FRAG_C * f)
                             for f in T.unroll(key_tiles):
                                 for e in T.unroll(FRAG_C):
                                     # key position lo + kt C + col is in the window of row t iff

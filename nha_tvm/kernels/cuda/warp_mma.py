@@ -79,6 +79,16 @@ def acc_col(tid, h, e):
 
 
 @T.macro
+def load_a(tid, fa, a_first, a, a_ld, offset):
+    """The 16 x 16 row-major a tile at element ``offset`` of a (rows a_ld apart) into the
+    lane's fragment fa[a_first:a_first + FRAG_A]."""
+    T.ptx_legacy.ldmatrix(
+        False, 4, ".b16", fa.data, a_first,
+        T.tvm_access_ptr(T.type_annotation(a.dtype), a.data, offset, 16 * a_ld, 1),
+        _lane_offset(tid, a_ld, True), dtype=a.dtype)
+
+
+@T.macro
 def load_b(tid, fb, b, b_ld, b_layout, offset):
     """The 16 x 16 b tile at element ``offset`` of b (rows b_ld apart, ``b_layout`` as in
     ``warp_tiles``) into the lane's fragment ``fb``."""
