@@ -57,6 +57,7 @@ from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strid
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
 STATIC_SHARED_BYTES = 48 * 1024  # CUDA's limit of a block's static shared memory
+LOG2E = math.log2(math.e)
 NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
 
 
@@ -654,8 +655,10 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         # the warp's rows of Q stay in registers as A fragments for every key tile
                         for kk in T.unroll(K // 16):
                             load_a(tid, fq, FRAG_A * kk, qs, q_row, 16 * tile_row(tid, C // 16, C // 16) * q_row + 16 * kk)
+                        # the window's logits and maxima are in base 2 (scaled by log2 e): each
+                        # exponential is then one exp2 (MUFU.EX2), where expf costs a range reduction
                         for r2 in T.unroll(2):
-                            wm[r2] = row_stats[win_row(tid, r2)]
+                            wm[r2] = row_stats[win_row(tid, r2)] * T.float32(LOG2E)
                             wl[r2] = T.Select(tile_col(tid, C // 16, C // 16) == 0 and tid % 4 == 0,
                                               row_stats[C + win_row(tid, r2)], T.float32(0))
                         if not slots_tc:  # (with slots_tc, wo holds the slot part already)
@@ -683,7 +686,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                         lo + kt * C + win_col(tid, f, e) <= p0 + win_row(tid, e % 4 // 2)
                                         and lo + kt * C + win_col(tid, f, e) > p0 + win_row(tid, e % 4 // 2) - window
                                         and win_row(tid, e % 4 // 2) < valid,
-                                        fc[FRAG_C * f + e] * scale, T.float32(NEG))
+                                        fc[FRAG_C * f + e] * (scale * T.float32(LOG2E)), T.float32(NEG))
                             for r2 in T.unroll(2):
                                 w_new[r2] = wm[r2]
                             for f in T.unroll(key_tiles):
@@ -693,12 +696,12 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                 for k in T.unroll(2):  # a row's four lanes
                                     w_new[r2] = T.max(w_new[r2], T.tvm_warp_shuffle(
                                         T.tvm_warp_activemask(), w_new[r2], (tid % 32) ^ (1 << k), 32, 32))
-                                w_scale[r2] = T.exp(wm[r2] - w_new[r2])
+                                w_scale[r2] = T.exp2(wm[r2] - w_new[r2])
                                 wm[r2] = w_new[r2]
                                 wl[r2] = wl[r2] * w_scale[r2]
                             for f in T.unroll(key_tiles):
                                 for e in T.unroll(FRAG_C):
-                                    fc[FRAG_C * f + e] = T.exp(fc[FRAG_C * f + e] - wm[e % 4 // 2])
+                                    fc[FRAG_C * f + e] = T.exp2(fc[FRAG_C * f + e] - wm[e % 4 // 2])
                                     wl[e % 4 // 2] = wl[e % 4 // 2] + fc[FRAG_C * f + e]
                                     # the accumulators of a tile are the lane's A fragment of it
                                     fp[FRAG_A * f + e] = T.Cast(io_dtype, fc[FRAG_C * f + e])
@@ -731,11 +734,11 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         if tile_col(tid, C // 16, C // 16) == 0:
                             for r2 in T.unroll(2):
                                 w_new[r2] = T.max(wm[r2], row_stats[2 * C + win_row(tid, r2)])
-                                wl[r2] = wl[r2] * T.exp(wm[r2] - w_new[r2]) \
-                                    + row_stats[3 * C + win_row(tid, r2)] * T.exp(row_stats[2 * C + win_row(tid, r2)] - w_new[r2])
+                                wl[r2] = wl[r2] * T.exp2(wm[r2] - w_new[r2]) \
+                                    + row_stats[3 * C + win_row(tid, r2)] * T.exp2(row_stats[2 * C + win_row(tid, r2)] - w_new[r2])
                                 # the weights of this warp's part and of the other's in the output
-                                w_scale[r2] = T.exp(wm[r2] - w_new[r2]) / wl[r2]
-                                w_other[r2] = T.exp(row_stats[2 * C + win_row(tid, r2)] - w_new[r2]) / wl[r2]
+                                w_scale[r2] = T.exp2(wm[r2] - w_new[r2]) / wl[r2]
+                                w_other[r2] = T.exp2(row_stats[2 * C + win_row(tid, r2)] - w_new[r2]) / wl[r2]
                             for nt in T.unroll(V // 16):
                                 for hh in T.unroll(2):
                                     for r2 in T.unroll(2):
