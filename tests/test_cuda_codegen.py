@@ -8,9 +8,15 @@ import re
 import shutil
 
 import pytest
+import tvm
+from tvm.s_tir.analysis import calculate_allocated_bytes
 from tvm.support.nvcc import compile_cuda
+from tvm.tirx.build import split_host_device_mods
 
 from nha_tvm.compiler import build
+from nha_tvm.kernels import KERNELS as DEFINITIONS
+from nha_tvm.kernels.cuda.chunk_attend import key_value_scope, shared_bytes, tile_layout
+from nha_tvm.schedules import default_schedule, rule_for
 from nha_tvm.targets import target_for
 
 SHAPES = dict(HQ=16, H=8, K=128, V=128, M=64)
@@ -58,3 +64,37 @@ def test_cuda_kernel_compiles_with_nvcc_for_sm90(kernel, params, tmp_path):
     path = tmp_path / f"{kernel}.so"
     executable.export_library(str(path))
     assert path.stat().st_size > 10_000
+
+
+def shared_allocations(kernel, params) -> dict:
+    """Bytes of shared memory per scope ("shared" static, "shared.dyn" dynamic) that the
+    lowered kernel allocates, after TVM merged its dynamic buffers."""
+    func = DEFINITIONS[kernel](**params)
+    target = tvm.target.Target(target_for("sm_90"))
+    sch = default_schedule(func, target)
+    with tvm.transform.PassContext(config=rule_for(func, target).pass_config):
+        mod = tvm.tirx.transform.BindTarget(target.with_host("llvm"))(sch.mod)
+        mod = tvm.tirx.get_default_tir_pipeline(target)[0](mod)
+    (device,) = split_host_device_mods(mod)[1].values()
+    (sizes,) = calculate_allocated_bytes(device).values()
+    return {scope: int(n) for scope, n in sizes.items()}
+
+
+ATTEND = [p for k, p in KERNELS if k == "chunk_attend_cuda"]
+
+
+@pytest.mark.parametrize("params", ATTEND, ids=[f"K{p['K']}-M{p['M']}-{p['io_dtype']}" for p in ATTEND])
+def test_output_pass_shared_memory_launches(params):
+    """The output pass's shared memory can be launched: static at most 48 KB, and past 48 KB in
+    all only with a dynamic part of 48 KB or more (TVM's CUDA runtime opts a kernel into more
+    only then; a smaller one fails at launch with CUDA_ERROR_INVALID_VALUE). And the sum that
+    kernel_plan checks against the GPU's limit bounds what is allocated."""
+    sizes = shared_allocations("chunk_attend_cuda", params)
+    static, dynamic = sizes.get("shared", 0), sizes.get("shared.dyn", 0)
+    K, V, M, C, io = params["K"], params["V"], params["M"], params["C"], params["io_dtype"]
+    lay = tile_layout(K=K, V=V, M=M, C=C, io_dtype=io)
+    tiles = C * (lay["key_row"] + lay["v_row"]) * 2
+    assert static == (tiles if key_value_scope(lay, C) == "shared" else 0)
+    assert static <= 48 << 10
+    assert static + dynamic <= 48 << 10 or dynamic >= 48 << 10, sizes
+    assert static + dynamic <= shared_bytes(K=K, V=V, M=M, C=C, io_dtype=io)
