@@ -56,9 +56,11 @@ from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strid
                        load_a, load_b, mma_tile, tile_col, tile_row, tiles_per_warp, warp_matmul, warp_tiles)
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
-STATIC_SHARED_BYTES = 48 * 1024  # CUDA's limit of a block's static shared memory
+# CUDA's limit of a block's static shared memory, and the dynamic size from which TVM's CUDA
+# runtime opts a kernel into more than that in all (both 48 KB)
+STATIC_SHARED_BYTES = 48 * 1024
 LOG2E = math.log2(math.e)
-NEG = -1.0e30  # a masked logit: exp(NEG - max) == 0 without inf - inf
+NEG = -1.0e30  # a masked logit: exp(NEG - max) (or exp2) == 0 without inf - inf
 
 
 @T.macro
@@ -205,19 +207,26 @@ def tile_layout(*, K: int, V: int, M: int, C: int, io_dtype: str) -> dict:
                 u_rows=0, u_row=0)
 
 
-def key_value_scope(lay: dict, C: int) -> str:
+def key_value_bytes(lay: dict, C: int) -> int:
+    """Bytes of the key and value tiles (16-bit, the tensor-core layout)."""
+    return C * (lay["key_row"] + lay["v_row"]) * 2
+
+
+def key_value_scope(lay: dict, *, C: int, M: int) -> str:
     """Where the key and value tiles live. TVM's barrier planner takes every dynamic shared
     buffer for one (they are merged later), so in the window loop the store of a key tile after
     the previous tile's P V read the value tile, and the store of the value tile after Q K^T
     read the keys, cost a barrier each; static buffers it tells apart: two barriers per key
     tile instead of four. Static shared memory is at most 48 KB a block, and TVM's CUDA runtime
-    lets a block past 48 KB in all only when its dynamic part alone is 48 KB or more: the Q S_c
-    matmul touches q, the product tile and the state tile at once, so the merged dynamic buffer
-    holds at least those three (tests/test_cuda_codegen.py checks the launch sizes)."""
-    static = C * (lay["key_row"] + lay["v_row"]) * 2
-    if not lay["slots_tc"] or static > STATIC_SHARED_BYTES:
+    lets a block past 48 KB in all only when its dynamic part alone is 48 KB or more. With the
+    slots on tensor cores the Q S_c matmul touches q, the product tile and the state tile, and
+    G and s' are read before and after it, so the merged dynamic buffer holds all five apart;
+    without, no such bound is known (K = V = 64, M = 16 allocates 44 KB), and the tiles stay
+    dynamic (tests/test_cuda_codegen.py checks the sizes TVM allocates)."""
+    if not lay["slots_tc"] or key_value_bytes(lay, C) > STATIC_SHARED_BYTES:
         return "shared.dyn"
-    dynamic_at_least = C * lay["q_row"] * 2 + C * lay["prod_row"] * 4 + lay["state_tile"] * 2
+    dynamic_at_least = (C * lay["q_row"] * 2 + C * lay["prod_row"] * 4 + lay["state_tile"] * 2
+                        + 2 * C * (M + 1) * 4)
     return "shared" if dynamic_at_least >= STATIC_SHARED_BYTES else "shared.dyn"
 
 
@@ -257,7 +266,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     sub_blocks = C // 16
     off_rows = earlier_rows(sub_blocks)
     limit = diagonal_decay_limit(io_dtype)
-    kv_scope = key_value_scope(lay, C)
+    kv_scope = key_value_scope(lay, C=C, M=M)
 
     def sub_block_of(r):
         """The i of U_i whose rows before sub-block i hold row r of them all."""
@@ -364,7 +373,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     w_scale = T.sblock_alloc_buffer((2,), "float32", scope="local")
                     w_other = T.sblock_alloc_buffer((2,), "float32", scope="local")
                     fp = T.sblock_alloc_buffer((FRAG_A * key_tiles,), io_dtype, scope="local")
-                    fq = T.sblock_alloc_buffer((FRAG_A * K // 16 if tensor_cores else 1,), io_dtype, scope="local")
+                    fq = T.sblock_alloc_buffer((FRAG_A * (K // 16) if tensor_cores else 1,), io_dtype, scope="local")
                     row_stats = T.sblock_alloc_buffer((4 * C if tensor_cores else 1,), "float32", scope="shared.dyn")
                     # running softmax statistics of the thread's rows (equal across a row's lanes)
                     row_max = T.sblock_alloc_buffer((rows,), "float32", scope="local")

@@ -81,7 +81,7 @@ def acc_col(tid, h, e):
 @T.macro
 def load_a(tid, fa, a_first, a, a_ld, offset):
     """The 16 x 16 row-major a tile at element ``offset`` of a (rows a_ld apart) into the
-    lane's fragment fa[a_first:a_first + FRAG_A]."""
+    lane's fragment fa[a_first:a_first + FRAG_A]; no transpose (its blocks go down first)."""
     T.ptx_legacy.ldmatrix(
         False, 4, ".b16", fa.data, a_first,
         T.tvm_access_ptr(T.type_annotation(a.dtype), a.data, offset, 16 * a_ld, 1),
@@ -140,13 +140,14 @@ def warp_tiles(tid, fa, fb, fc, out, out_ld, a, a_ld, b, b_ld, b_layout, m_tiles
         for e in T.unroll(FRAG_C * tiles_per_warp(m_tiles, n_tiles)):
             fc[e] = T.float32(0)
     for kk in T.serial(k_count(tile_row(tid, m_tiles, n_tiles), tile_col(tid, m_tiles, n_tiles))):
-        # a [m][k] row-major needs no transpose (its blocks go down first); a given [k][m] does
-        T.ptx_legacy.ldmatrix(
-            a_layout == "col_major", 4, ".b16", fa.data, 0,
-            T.tvm_access_ptr(T.type_annotation(a.dtype), a.data,
-                             tile_row(tid, m_tiles, n_tiles) * 16 * a_ld + kk * 16 if a_layout == "row_major"
-                             else kk * 16 * a_ld + tile_row(tid, m_tiles, n_tiles) * 16, 16 * a_ld, 1),
-            _lane_offset(tid, a_ld, a_layout == "row_major"), dtype=a.dtype)
+        if a_layout == "row_major":
+            load_a(tid, fa, 0, a, a_ld, tile_row(tid, m_tiles, n_tiles) * 16 * a_ld + kk * 16)
+        else:  # a given [k][m]: transposed (its blocks go across first)
+            T.ptx_legacy.ldmatrix(
+                True, 4, ".b16", fa.data, 0,
+                T.tvm_access_ptr(T.type_annotation(a.dtype), a.data,
+                                 kk * 16 * a_ld + tile_row(tid, m_tiles, n_tiles) * 16, 16 * a_ld, 1),
+                _lane_offset(tid, a_ld, False), dtype=a.dtype)
         for f in T.unroll(tiles_per_warp(m_tiles, n_tiles)):
             if kk < k_count(tile_row(tid, m_tiles, n_tiles), tile_col(tid, m_tiles, n_tiles) + f):
                 load_b(tid, fb, b, b_ld, b_layout,
