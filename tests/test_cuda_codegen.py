@@ -80,10 +80,12 @@ def shared_allocations(kernel, params) -> dict:
     return {scope: int(n) for scope, n in sizes.items()}
 
 
-# the codegen cases, and two where key_value_scope's bound decides: just under 48 KB (the
-# tiles stay dynamic) and over it at another head size (static)
+# the codegen cases, and three where key_value_scope's bound decides: just under 48 KB (the
+# tiles stay dynamic), over it only with G and s' counted (K = V = 64, M = 64), and over it at
+# another head size (static)
 ATTEND = [p for k, p in KERNELS if k == "chunk_attend_cuda"] + [
     dict(HQ=4, H=2, K=64, V=64, M=32, C=64, io_dtype="bfloat16", gate_dtype="float32"),
+    dict(HQ=4, H=2, K=64, V=64, M=64, C=64, io_dtype="bfloat16", gate_dtype="float32"),
     dict(HQ=4, H=2, K=96, V=96, M=64, C=64, io_dtype="bfloat16", gate_dtype="float32")]
 
 
