@@ -24,7 +24,7 @@ from nha_tvm.schedules import CHUNK_SIZE
 
 from .kernels.cuda.chunk_attend import shared_bytes, state_dtype
 from .kernels.cuda.decode_step import decode_step_cuda
-from .kernels.cuda.layout import ceil_div
+from .kernels.cuda.layout import STATIC_SHARED_LIMIT, ceil_div
 from .targets import max_shared_bytes
 
 log = logging.getLogger(__name__)
@@ -86,14 +86,22 @@ def decode_kernel(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
 
 @functools.lru_cache(maxsize=None)
 def _fused_decode_fits(arch: str, **params) -> bool:
-    """Whether the fused step's shared buffers fit a block of ``arch``: the static ones in the
-    48 KB every GPU has, and all of them in the arch's dynamic limit."""
+    """Whether the fused step's shared buffers launch on ``arch`` (``launchable``)."""
     try:  # the definition refuses shapes it cannot lay out
         func = decode_step_cuda(**params)
     except ValueError:
         return False
     static, dynamic = shared_allocations(func, "shared"), shared_allocations(func, "shared.dyn")
-    return static <= 48 << 10 and static + dynamic <= max_shared_bytes(arch)
+    return launchable(static, dynamic, arch)
+
+
+def launchable(static: int, dynamic: int, arch: str) -> bool:
+    """Whether a block with these bytes of static and dynamic shared memory launches on ``arch``
+    through TVM's CUDA runtime: static within 48 KB, all within the arch's limit, and past
+    48 KB in all only with a dynamic part of 48 KB or more (TVM's runtime opts a kernel into
+    more than 48 KB only then; otherwise the launch fails with CUDA_ERROR_INVALID_VALUE)."""
+    return static <= STATIC_SHARED_LIMIT and static + dynamic <= max_shared_bytes(arch) and (
+        static + dynamic <= STATIC_SHARED_LIMIT or dynamic >= STATIC_SHARED_LIMIT)
 
 
 def shared_allocations(func, scope: str) -> int:

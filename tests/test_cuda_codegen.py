@@ -15,6 +15,7 @@ from tvm.tirx.build import split_host_device_mods
 
 from nha_tvm.compiler import build
 from nha_tvm.kernels import KERNELS as DEFINITIONS
+from nha_tvm.kernel_plan import decode_kernel, launchable
 from nha_tvm.kernels.cuda.chunk_attend import key_value_bytes, key_value_scope, shared_bytes, tile_layout
 from nha_tvm.schedules import default_schedule, rule_for
 from nha_tvm.targets import target_for
@@ -66,7 +67,7 @@ def test_cuda_kernel_compiles_with_nvcc_for_sm90(kernel, params, tmp_path):
     assert path.stat().st_size > 10_000
 
 
-def shared_allocations(kernel, params) -> dict:
+def lowered_shared_bytes(kernel, params) -> dict:
     """Bytes of shared memory per scope ("shared" static, "shared.dyn" dynamic) that the
     lowered kernel allocates, after TVM merged its dynamic buffers."""
     func = DEFINITIONS[kernel](**params)
@@ -91,16 +92,25 @@ ATTEND = [p for k, p in KERNELS if k == "chunk_attend_cuda"] + [
 
 @pytest.mark.parametrize("params", ATTEND, ids=[f"K{p['K']}-M{p['M']}-{p['io_dtype']}" for p in ATTEND])
 def test_output_pass_shared_memory_within_launch_limits(params):
-    """The sizes TVM allocates for the output pass's shared memory are launchable: static at
-    most 48 KB, and past 48 KB in all only with a dynamic part of 48 KB or more (TVM's CUDA
-    runtime opts a kernel into more only then; a smaller one fails at launch with
-    CUDA_ERROR_INVALID_VALUE). And the sum that kernel_plan checks against the GPU's limit
+    """The sizes TVM allocates for the output pass's shared memory are launchable on sm_90
+    (``kernel_plan.launchable``), and the sum that kernel_plan checks against the GPU's limit
     bounds what is allocated."""
-    sizes = shared_allocations("chunk_attend_cuda", params)
+    sizes = lowered_shared_bytes("chunk_attend_cuda", params)
     static, dynamic = sizes.get("shared", 0), sizes.get("shared.dyn", 0)
     K, V, M, C, io = params["K"], params["V"], params["M"], params["C"], params["io_dtype"]
     lay = tile_layout(K=K, V=V, M=M, C=C, io_dtype=io)
     assert static == (key_value_bytes(lay, C) if key_value_scope(lay, C=C, M=M) == "shared" else 0)
-    assert static <= 48 << 10
-    assert static + dynamic <= 48 << 10 or dynamic >= 48 << 10, sizes
+    assert launchable(static, dynamic, "sm_90"), sizes
     assert static + dynamic <= shared_bytes(K=K, V=V, M=M, C=C, io_dtype=io)
+
+
+def test_launch_rule_of_tvms_cuda_runtime():
+    """A block past 48 KB of shared memory launches only with 48 KB or more of it dynamic; a
+    fused decode step that would break the rule (GQA group 2, K = V = 128, M = 32: about 16 KB
+    static and 32 KB dynamic) takes the portable step."""
+    assert launchable(0, 227 << 10, "sm_90") and launchable(40 << 10, 8 << 10, "sm_90")
+    assert launchable(34816, 178160, "sm_90") and not launchable(18432, 44272, "sm_90")
+    assert not launchable(49 << 10, 64 << 10, "sm_90") and not launchable(0, 228 << 10, "sm_90")
+    shape = dict(H=4, K=128, V=128, io_dtype="bfloat16", gate_dtype="float32", arch="sm_90")
+    assert decode_kernel(HQ=8, M=32, **shape)[0] == "decode_step"
+    assert decode_kernel(HQ=4, M=64, **shape)[0] == "decode_step_cuda"

@@ -50,15 +50,12 @@ import operator
 
 from tvm.script import tirx as T
 
-from .layout import LOG2_TX, THREADS, TX, TY, WARPS, ceil_div
+from .layout import LOG2_TX, STATIC_SHARED_LIMIT, THREADS, TX, TY, WARPS, ceil_div
 from .staging import VEC, load_rows, stage_rows, store_rows
 from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, deals_by_rows,
                        load_a, load_b, mma_tile, tile_col, tile_row, tiles_per_warp, warp_matmul, warp_tiles)
 
 STATE_ROWS = 16  # rows of S_c / R_c staged in shared memory at a time
-# CUDA's limit of a block's static shared memory, and the dynamic size from which TVM's CUDA
-# runtime opts a kernel into more than that in all (both 48 KB)
-STATIC_SHARED_BYTES = 48 * 1024
 LOG2E = math.log2(math.e)
 NEG = -1.0e30  # a masked logit: exp(NEG - max) (or exp2) == 0 without inf - inf
 
@@ -223,11 +220,11 @@ def key_value_scope(lay: dict, *, C: int, M: int) -> str:
     G and s' are read before and after it, so the merged dynamic buffer holds all five apart;
     without, no such bound is known (K = V = 64, M = 16 allocates 44 KB), and the tiles stay
     dynamic (tests/test_cuda_codegen.py checks the sizes TVM allocates)."""
-    if not lay["slots_tc"] or key_value_bytes(lay, C) > STATIC_SHARED_BYTES:
+    if not lay["slots_tc"] or key_value_bytes(lay, C) > STATIC_SHARED_LIMIT:
         return "shared.dyn"
     dynamic_at_least = (C * lay["q_row"] * 2 + C * lay["prod_row"] * 4 + lay["state_tile"] * 2
                         + 2 * C * (M + 1) * 4)
-    return "shared" if dynamic_at_least >= STATIC_SHARED_BYTES else "shared.dyn"
+    return "shared" if dynamic_at_least >= STATIC_SHARED_LIMIT else "shared.dyn"
 
 
 def sub_block_rows(C: int) -> int:

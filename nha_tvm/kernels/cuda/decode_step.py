@@ -49,7 +49,7 @@ import operator
 from tvm.script import tirx as T
 
 from ..write_strength import write_strength
-from .layout import ceil_div
+from .layout import STATIC_SHARED_LIMIT, ceil_div
 
 
 TILE_KEYS = 64  # window keys per tile
@@ -109,7 +109,7 @@ def decode_step_cuda(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str, 
         "out_part": (group, value_parts, V), "den_part": (group, value_parts),
     }
     static_bytes = sum(ceil_div(4 * math.prod(shape), 64) * 64 for shape in small.values())
-    if static_bytes > 48 * 1024:
+    if static_bytes > STATIC_SHARED_LIMIT:
         raise ValueError(f"{group} query heads per kv head at K={K}, V={V}, M={M} need {static_bytes} bytes "
                          "of static shared memory, more than 48 KB")
 

@@ -3,6 +3,9 @@
 (two values of ty) reads consecutive words along a row and broadcasts along a column."""
 
 THREADS = 256
+# bytes of static shared memory a CUDA block may have; also the dynamic size from which TVM's
+# CUDA runtime opts a kernel into more than that in all (``kernel_plan.launchable``)
+STATIC_SHARED_LIMIT = 48 << 10
 TX = 16
 LOG2_TX = 4  # shuffle steps that reduce over the TX lanes of a row
 TY = THREADS // TX
