@@ -292,6 +292,10 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
         """Row t of the chunk of the lane's accumulators r2 = e // 2 of its window tiles."""
         return 16 * tile_row(tid, C // 16, C // 16) + acc_row(tid, 2 * r2)
 
+    def key_tile_count(window, valid, p0, lo):
+        """Tiles of C window keys the chunk's rows see, from the first key any row can see, lo."""
+        return T.if_then_else(T.And(window > 0, valid > 0), (p0 + valid - lo + C - 1) // C, 0)
+
     def win_col(tid, f, e):
         """Key column, within a key tile, of the lane's accumulator e of its window tile f."""
         return 16 * (tile_col(tid, C // 16, C // 16) + f) + acc_col(tid, e // 4, e % 4)
@@ -680,7 +684,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                         tile_col(tid, C // 16, C // 16) == 0,
                                         product[win_row(tid, e % 4 // 2) * prod_row + 16 * nt + acc_col(tid, e // 4, e % 4)],
                                         T.float32(0))
-                        for kt in T.serial(T.if_then_else(window > 0 and valid > 0, (p0 + valid - lo + C - 1) // C, 0)):
+                        for kt in T.serial(key_tile_count(window, valid, p0, lo)):
                             store_rows(ks, key_row, C, stage_vec, K, 0, p0 + valid - lo - kt * C, tid)
                             load_rows(stage_vec, C, v, start + lo + kt * C, h, V, total, tid)
                             # S = Q K^T of the warp's tiles, left in the accumulators
@@ -764,7 +768,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
                             i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
                             qs[r * q_row + i] = T.if_then_else(r < valid, qr[start + p0 + r, hq, i], T.Cast(io_dtype, 0))
-                        for kt in T.serial(T.if_then_else(window > 0 and valid > 0, (p0 + valid - lo + C - 1) // C, 0)):
+                        for kt in T.serial(key_tile_count(window, valid, p0, lo)):
                             for j in T.unroll(ceil_div(C * K, THREADS)):
                                 r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
                                 i: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) % K
