@@ -396,7 +396,11 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     pe_vals = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
                     # a thread's share of a [C, K or V] tile in 16-byte vectors (tensor cores)
                     stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if tensor_cores else (1,), io_dtype, scope="local")
-                    c: T.let[T.int32] = bx // HQ
+                    # with long windows the later chunks take the longest: run them first, so the
+                    # last wave is short ones (with short windows the order costs at W = 64;
+                    # BENCHMARKS.md). Spelled NC - 1 - bx // HQ: TVM 0.27 miscompiled
+                    # (NC HQ - 1 - bx) // HQ
+                    c: T.let[T.int32] = T.if_then_else(window >= 2 * C, NC - 1 - bx // HQ, bx // HQ)
                     hq: T.let[T.int32] = bx % HQ
                     h: T.let[T.int32] = hq // group
                     ty: T.let[T.int32] = tid // TX
