@@ -23,6 +23,7 @@ from tvm.s_tir import Schedule
 from nha_tvm.schedules import CHUNK_SIZE
 
 from .kernels.cuda.chunk_attend import shared_bytes, state_dtype
+from .kernels.cuda.chunk_state_fused import fused_state_applies
 from .kernels.cuda.decode_step import decode_step_cuda
 from .kernels.cuda.layout import STATIC_SHARED_LIMIT, ceil_div
 from .targets import max_shared_bytes
@@ -61,13 +62,21 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
             "attend": ("chunk_attend", dict(HQ=HQ, H=H, K=K, V=V, M=M, C=C, io_dtype=io_dtype,
                                             gate_dtype=gate_dtype)),
         }
+    start_dtype = state_dtype(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
+    if fused_state_applies(K=K, V=V, M=M, kv_dtype=io_dtype) and start_dtype == io_dtype:
+        # the additions and the carry in one pass: no float32 additions through global memory
+        states = {"state_fused": ("chunk_state_fused", dict(
+            H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype, gate_dtype=gate_dtype, state_dtype=start_dtype))}
+    else:
+        states = {
+            "state_delta": ("chunk_state_delta", dict(H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype,
+                                                      gate_dtype=gate_dtype)),
+            "state_scan": ("chunk_state_scan", dict(H=H, K=K, V=V, M=M, C=C, state_dtype=start_dtype)),
+        }
     return {
         **layout,
         "gates": ("chunk_gate_cumsum", dict(H=H, M=M, C=C, gate_dtype=gate_dtype)),
-        "state_delta": ("chunk_state_delta", dict(H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype,
-                                                  gate_dtype=gate_dtype)),
-        "state_scan": ("chunk_state_scan", dict(H=H, K=K, V=V, M=M, C=C, state_dtype=state_dtype(
-            K=K, V=V, M=M, C=C, io_dtype=io_dtype))),
+        **states,
         **rope,
         "attend": ("chunk_attend_cuda", dict(HQ=HQ, H=H, K=K, V=V, M=M, C=C, io_dtype=io_dtype,
                                              gate_dtype=gate_dtype)),

@@ -67,7 +67,8 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
     else:
         s3 = -torch.expm1(g3)
     # the chunk-start states the output pass reads (float32, or 16-bit for tensor cores)
-    start_dtype = getattr(torch, plan["state_scan"][1]["state_dtype"]) if chunked else torch.float32
+    state_role = "state_fused" if "state_fused" in plan else "state_scan"
+    start_dtype = getattr(torch, plan[state_role][1]["state_dtype"]) if chunked else torch.float32
     # an upper bound on the chunks, known without reading cu_seqlens: the chunks past the
     # last sequence's are padding, which every kernel skips
     num_chunks = total // CHUNK_SIZE + N
@@ -92,12 +93,16 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         gcum = new_output(total, H, M, dtype=torch.float32, device=dev)
         kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, s3, window,
                                        int(s is None))
-        delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
-        delta_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
-        kernel("state_delta", window=window)(k3, v3, s3, gcum, cu_seqlens, chunk_offsets,
-                                             chunk_seq, delta_k, delta_v, window)
-        kernel("state_scan", window=window)(gcum, cu_seqlens, chunk_offsets, h0k, h0v,
-                                            delta_k, delta_v, chunk_k, chunk_v, hk, hv)
+        if state_role == "state_fused":
+            kernel("state_fused", window=window)(k3, v3, s3, gcum, cu_seqlens, chunk_offsets, h0k, h0v,
+                                                 chunk_k, chunk_v, hk, hv, window)
+        else:
+            delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
+            delta_v = new_output(num_chunks, H, M, V, dtype=torch.float32, device=dev)
+            kernel("state_delta", window=window)(k3, v3, s3, gcum, cu_seqlens, chunk_offsets,
+                                                 chunk_seq, delta_k, delta_v, window)
+            kernel("state_scan", window=window)(gcum, cu_seqlens, chunk_offsets, h0k, h0v,
+                                                delta_k, delta_v, chunk_k, chunk_v, hk, hv)
         gates = gcum
     else:
         kernel("state", window=window)(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v,

@@ -31,6 +31,8 @@ KERNELS = [
     ("chunk_layout", dict(C=64)),
     ("chunk_state_delta", dict(H=8, K=128, V=128, M=64, C=64, kv_dtype="bfloat16", gate_dtype="float32")),
     ("chunk_state_scan", dict(H=8, K=128, V=128, M=64, C=64, state_dtype="bfloat16")),
+    ("chunk_state_fused", dict(H=8, K=128, V=128, M=64, C=64, kv_dtype="bfloat16", gate_dtype="float32",
+                               state_dtype="bfloat16")),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32")),
     ("chunk_attend_cuda", dict(HQ=4, H=2, K=16, V=24, M=8, C=64, io_dtype="float32", gate_dtype="float32")),
     ("decode_step_cuda", dict(SHAPES, io_dtype="bfloat16", gate_dtype="float32")),

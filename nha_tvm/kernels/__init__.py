@@ -13,6 +13,7 @@ from .chunk_layout import chunk_layout
 from .chunk_state_scan import chunk_state_scan
 from .cuda.chunk_attend import chunk_attend as chunk_attend_cuda
 from .cuda.chunk_state_delta import chunk_state_delta
+from .cuda.chunk_state_fused import chunk_state_fused
 from .cuda.decode_step import decode_step_cuda
 from .decode_step import decode_step
 from .rope import rope
@@ -27,6 +28,7 @@ KERNELS = {
     "chunk_layout": chunk_layout,
     "chunk_state_scan": chunk_state_scan,
     "chunk_state_delta": chunk_state_delta,
+    "chunk_state_fused": chunk_state_fused,
     "chunk_attend_cuda": chunk_attend_cuda,
     "decode_step_cuda": decode_step_cuda,
 }

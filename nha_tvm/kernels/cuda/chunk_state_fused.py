@@ -1,0 +1,194 @@
+"""Chunked state pass in one kernel (GPU): the additions and the carry over chunks together.
+
+``chunk_state_delta`` + ``chunk_state_scan`` write each chunk's float32 addition to global memory
+and read it back (about 1.07 GB at T = 32768, H = 16, K = V = 128, M = 64). Here one thread block
+owns one 16-slot tile of one state of one (sequence, kv head) and walks that sequence's chunks in
+order, the running state in its mma accumulators:
+
+    keys:   S [K, 16]  <- S * exp(G_last) (per slot, a column)  + k'^T w
+    values: R [16, V]  <- R * exp(G_last) (per slot, a row)     + w^T v'
+
+with w[tau, m] = s'_tau[m] exp(G_last[m] - G_tau[m]) over the chunk's C tokens (spec, "Chunked
+form"). Before each chunk's addition the block stores the chunk-start state (``state_dtype``,
+what the output pass reads); after the last, the float32 final state. The next chunk's tile and
+gates are loaded into registers while the current chunk's matmul runs.
+
+Blocks: sequences x kv heads x M / 16 slot tiles x 2 (keys, values). Keys and values run the
+same code up to the matmul and the stores (barriers cannot sit under a branch). Needs 16-bit
+inputs on tensor cores with K = V, and [K, 16] dealing out to the 8 warps by rows.
+"""
+
+from tvm.script import tirx as T
+
+from .layout import THREADS, WARPS, ceil_div
+from .staging import VEC, load_rows, store_rows
+from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, tile_col, tile_row,
+                       warp_matmul)
+
+SLOTS = 16  # slots of a block's state tile
+
+
+def fused_state_applies(*, K: int, V: int, M: int, kv_dtype: str) -> bool:
+    """Whether ``chunk_state_fused`` can take a shape: bfloat16 inputs (w rounded to them, as the
+    state additions on tensor cores do), K = V (keys and values share the code) of one 16 x 16
+    tile per warp, whole 16-slot tiles."""
+    return kv_dtype == "bfloat16" and K == V == 16 * WARPS and M % SLOTS == 0
+
+
+def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str,
+                      state_dtype: str):
+    """Arguments: k [total, H, K], v [total, H, V], s [total, H, M], gcum [total, H, M] (float32
+    gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], h0k [N, H, K, M],
+    h0v [N, H, M, V] (float32 initial states), the outputs start_k [NC, H, K, M] and start_v
+    [NC, H, M, V] (chunk-start states, ``state_dtype``), hk [N, H, K, M] and hv [N, H, M, V]
+    (float32 final states), then the window W."""
+    if not fused_state_applies(K=K, V=V, M=M, kv_dtype=kv_dtype):
+        raise ValueError(f"chunk_state_fused does not take K={K}, V={V}, M={M}, {kv_dtype}")
+    D = K  # = V: the width of a block's token tile
+    x_row, w_row = D + 8, SLOTS + 8  # ldmatrix rows padded by 16 bytes: a tile's rows on all banks
+    check_row_strides(operand_rows=[x_row, w_row], output_rows=[])
+    tiles = M // SLOTS
+    w_per_thread = ceil_div(C * SLOTS, THREADS)
+
+    # where the lane's accumulator e sits: keys' tiles [K, 16] are a column of the [K / 16, 1]
+    # grid (the slot is the column), values' [16, V] a row of the [1, V / 16] grid (the slot is
+    # the row); e = 4 h + 2 r + e2 is row acc_row(2 r), column acc_col(h, e2) of the warp's tile
+    def key_dim(tid, e):
+        return 16 * tile_row(tid, K // 16, 1) + acc_row(tid, e % 4)
+
+    def key_slot(tid, e):
+        return acc_col(tid, e // 4, e % 4)
+
+    def value_slot(tid, e):
+        return acc_row(tid, e % 4)
+
+    def value_dim(tid, e):
+        return 16 * tile_col(tid, 1, V // 16) + acc_col(tid, e // 4, e % 4)
+
+    def last_of(i, start, length, total):
+        """The position of chunk i's last token (clamped to the sequence, and to the batch)."""
+        return T.max(T.min(start + T.min((i + 1) * C, length) - 1, total - 1), 0)
+
+    @T.macro
+    def load_chunk(i, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
+                   start, length, h, m0, kind, window, total, tid):
+        """Chunk i's loads into registers (clamped: past the last chunk they go unused): its
+        token rows x_{tau - W} (k for keys, v for values), per element of w the write strength,
+        the gate sum and the chunk's last gate sum, and each accumulator's slot's last gate sum."""
+        if kind == 0:
+            load_rows(stage_vec, C, k, start + i * C - window, h, K, total, tid)
+        else:
+            load_rows(stage_vec, C, v, start + i * C - window, h, V, total, tid)
+        for j in T.unroll(w_per_thread):
+            s_next[j] = T.Cast("float32", s[T.max(T.min(start + i * C + (j * THREADS + tid) // SLOTS - window, total - 1), 0),
+                                            h, m0 + (j * THREADS + tid) % SLOTS])
+            g_next[j] = gcum[T.min(start + i * C + (j * THREADS + tid) // SLOTS, total - 1), h, m0 + (j * THREADS + tid) % SLOTS]
+            g_last_next[j] = gcum[last_of(i, start, length, total), h, m0 + (j * THREADS + tid) % SLOTS]
+        for e in T.unroll(FRAG_C):
+            decay_next[e] = gcum[last_of(i, start, length, total), h,
+                                 m0 + T.if_then_else(kind == 0, key_slot(tid, e), value_slot(tid, e))]
+
+    @T.macro
+    def store_tile(kind, fc, out_k, out_v, row, h, m0, tid):
+        """The running state's tile into out_k[row, h, :, m0:m0 + 16] (keys) or
+        out_v[row, h, m0:m0 + 16, :] (values), in the outputs' dtype, a lane's neighbouring
+        columns as one store."""
+        if kind == 0:
+            for hh in T.unroll(2):
+                for r in T.unroll(2):
+                    for e in T.vectorized(2):
+                        out_k[row, h, key_dim(tid, 4 * hh + 2 * r + e), m0 + key_slot(tid, 4 * hh + 2 * r + e)] = \
+                            T.Cast(out_k.dtype, fc[4 * hh + 2 * r + e])
+        else:
+            for hh in T.unroll(2):
+                for r in T.unroll(2):
+                    for e in T.vectorized(2):
+                        out_v[row, h, m0 + value_slot(tid, 4 * hh + 2 * r + e), value_dim(tid, 4 * hh + 2 * r + e)] = \
+                            T.Cast(out_v.dtype, fc[4 * hh + 2 * r + e])
+
+    @T.prim_func(s_tir=True)
+    def func(k_h: T.handle, v_h: T.handle, s_h: T.handle, gcum_h: T.handle, cu_h: T.handle,
+             choff_h: T.handle, h0k_h: T.handle, h0v_h: T.handle, start_k_h: T.handle,
+             start_v_h: T.handle, hk_h: T.handle, hv_h: T.handle, window: T.int32):
+        T.func_attr({"global_symbol": "chunk_state_fused", "tirx.noalias": True,
+                     "nha.kernel": "chunk_state_fused"})
+        total = T.int32()
+        N = T.int32()
+        NC = T.int32()
+        k = T.match_buffer(k_h, (total, H, K), kv_dtype)
+        v = T.match_buffer(v_h, (total, H, V), kv_dtype)
+        s = T.match_buffer(s_h, (total, H, M), gate_dtype)
+        gcum = T.match_buffer(gcum_h, (total, H, M), "float32")
+        cu = T.match_buffer(cu_h, (N + 1,), "int32")
+        choff = T.match_buffer(choff_h, (N + 1,), "int32")
+        h0k = T.match_buffer(h0k_h, (N, H, K, M), "float32")
+        h0v = T.match_buffer(h0v_h, (N, H, M, V), "float32")
+        start_k = T.match_buffer(start_k_h, (NC, H, K, M), state_dtype)
+        start_v = T.match_buffer(start_v_h, (NC, H, M, V), state_dtype)
+        hk = T.match_buffer(hk_h, (N, H, K, M), "float32")
+        hv = T.match_buffer(hv_h, (N, H, M, V), "float32")
+
+        for bx in T.thread_binding(N * H * tiles * 2, thread="blockIdx.x"):
+            for tid in T.thread_binding(THREADS, thread="threadIdx.x"):
+                with T.sblock("state_fused"):
+                    T.reads(k[0:total, 0:H, 0:K], v[0:total, 0:H, 0:V], s[0:total, 0:H, 0:M],
+                            gcum[0:total, 0:H, 0:M], cu[0:N + 1], choff[0:N + 1],
+                            h0k[0:N, 0:H, 0:K, 0:M], h0v[0:N, 0:H, 0:M, 0:V])
+                    T.writes(start_k[0:NC, 0:H, 0:K, 0:M], start_v[0:NC, 0:H, 0:M, 0:V],
+                             hk[0:N, 0:H, 0:K, 0:M], hv[0:N, 0:H, 0:M, 0:V])
+                    xs = T.sblock_alloc_buffer((C * x_row,), kv_dtype, scope="shared.dyn")
+                    ws = T.sblock_alloc_buffer((C * w_row,), kv_dtype, scope="shared.dyn")
+                    stage_vec = T.sblock_alloc_buffer((ceil_div(C * D // VEC, THREADS) * VEC,), kv_dtype, scope="local")
+                    # the next chunk's write strengths and gates, and each accumulator's decay
+                    s_next = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    g_next = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    g_last_next = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    decay_next = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
+                    decay = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
+                    fa = T.sblock_alloc_buffer((FRAG_A,), kv_dtype, scope="local")
+                    fb = T.sblock_alloc_buffer((FRAG_B,), kv_dtype, scope="local")
+                    fc = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
+                    n: T.let[T.int32] = bx // (H * tiles * 2)
+                    h: T.let[T.int32] = bx // (tiles * 2) % H
+                    m0: T.let[T.int32] = bx // 2 % tiles * SLOTS
+                    kind: T.let[T.int32] = bx % 2  # 0: keys, 1: values
+                    start: T.let[T.int32] = cu[n]
+                    length: T.let[T.int32] = cu[n + 1] - start
+                    chunks: T.let[T.int32] = (length + C - 1) // C
+                    first: T.let[T.int32] = choff[n]
+
+                    # the running state from the initial state
+                    for e in T.unroll(FRAG_C):
+                        fc[e] = T.if_then_else(kind == 0, h0k[n, h, key_dim(tid, e), m0 + key_slot(tid, e)],
+                                               h0v[n, h, m0 + value_slot(tid, e), value_dim(tid, e)])
+                    load_chunk(0, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
+                               start, length, h, m0, kind, window, total, tid)
+                    for i in T.serial(chunks):
+                        p0: T.let[T.int32] = i * C
+                        valid: T.let[T.int32] = T.min(C, length - p0)
+                        c: T.let[T.int32] = first + i
+                        # chunk i's token tile x'_tau = x_{tau - W} (zero before W) and its w
+                        store_rows(xs, x_row, C, stage_vec, D, window - p0, valid, tid)
+                        for j in T.unroll(w_per_thread):
+                            ws[(j * THREADS + tid) // SLOTS * w_row + (j * THREADS + tid) % SLOTS] = T.Cast(
+                                kv_dtype, T.if_then_else(
+                                    (j * THREADS + tid) // SLOTS < valid and p0 + (j * THREADS + tid) // SLOTS >= window,
+                                    s_next[j] * T.exp(g_last_next[j] - g_next[j]), T.float32(0)))
+                        for e in T.unroll(FRAG_C):
+                            decay[e] = decay_next[e]
+                        # chunk i + 1's loads stay in flight through this chunk's work
+                        load_chunk(i + 1, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
+                                   start, length, h, m0, kind, window, total, tid)
+                        # the chunk-start state (what the output pass reads), then the addition
+                        store_tile(kind, fc, start_k, start_v, c, h, m0, tid)
+                        for e in T.unroll(FRAG_C):
+                            fc[e] = fc[e] * T.exp(decay[e])
+                        if kind == 0:  # S += x'^T w: x' read transposed from its token-major tile
+                            warp_matmul(tid, fa, fb, fc, xs, x_row, xs, x_row, ws, w_row, "row_major", K // 16, 1, C // 16,
+                                        fill=False, store=False, a_layout="col_major")
+                        else:  # R += w^T x'
+                            warp_matmul(tid, fa, fb, fc, xs, x_row, ws, w_row, xs, x_row, "row_major", 1, V // 16, C // 16,
+                                        fill=False, store=False, a_layout="col_major")
+                    store_tile(kind, fc, hk, hv, n, h, m0, tid)
+
+    return func
