@@ -44,6 +44,7 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     (float32 final states), then the window W."""
     if not fused_state_applies(K=K, V=V, M=M, kv_dtype=kv_dtype):
         raise ValueError(f"chunk_state_fused does not take K={K}, V={V}, M={M}, {kv_dtype}")
+    assert C % 16 == 0, "the chunk must be whole 16-token k steps"
     D = K  # = V: the width of a block's token tile
     x_row, w_row = D + 8, SLOTS + 8  # ldmatrix rows padded by 16 bytes: a tile's rows on all banks
     check_row_strides(operand_rows=[x_row, w_row], output_rows=[])
