@@ -54,10 +54,13 @@ def test_cuda_workloads_are_the_tunable_kernels_of_the_cuda_plan():
     """On CUDA the fused kernels have no knobs; the rest bind every size and index table."""
     from nha_tvm.tuning.cli import workloads_for
 
-    shape = dict(heads=16, kv_heads=16, head_dim=128, value_dim=128, slots=64, dtype="bfloat16",
+    shape = dict(heads=16, kv_heads=16, head_dim=64, value_dim=64, slots=64, dtype="bfloat16",
                  gate_dtype="float32", window=[64])
     found = workloads_for(shape, [2048], [32], "sm_90")
     assert {w.kernel for w in found} == {"rope", "chunk_gate_cumsum", "chunk_state_scan"}
+    # at K = V = 128 in bfloat16 the state pass is the fused kernel, with no knobs either
+    fused = workloads_for(dict(shape, head_dim=128, value_dim=128), [2048], [32], "sm_90")
+    assert {w.kernel for w in fused} == {"rope", "chunk_gate_cumsum"}
     for workload in found:
         func = workload.func()  # every symbolic size bound
         assert all(not hasattr(d, "name") for p in func.params if hasattr(p, "shape") for d in p.shape)
