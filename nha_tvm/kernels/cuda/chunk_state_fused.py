@@ -107,6 +107,34 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         out_v[row, h, m0 + value_slot(tid, 4 * hh + 2 * r + e), value_dim(tid, 4 * hh + 2 * r + e)] = \
                             T.Cast(out_v.dtype, fc[4 * hh + 2 * r + e])
 
+    @T.macro(hygienic=False)
+    def step(i, stage_vec, s_next, g_next, g_last_next, decay_next):
+        """Chunk i, with its loads in the given registers (past the sequence's last chunk, the
+        second of a pair: it adds zeros and stores nothing): its tile x'_tau = x_{tau - W} (zero
+        before W) and w into shared memory, chunk i + 2's loads into the same registers (in
+        flight through two chunks' work), the chunk-start state out (what the output pass
+        reads), then the decay and the addition."""
+        store_rows(xs, x_row, C, stage_vec, D, window - i * C, T.min(C, length - i * C), tid)
+        for j in T.unroll(w_per_thread):
+            ws[(j * THREADS + tid) // SLOTS * w_row + (j * THREADS + tid) % SLOTS] = T.Cast(
+                kv_dtype, T.if_then_else(
+                    (j * THREADS + tid) // SLOTS < T.min(C, length - i * C) and i * C + (j * THREADS + tid) // SLOTS >= window,
+                    s_next[j] * T.exp(g_last_next[j] - g_next[j]), T.float32(0)))
+        for e in T.unroll(FRAG_C):
+            decay[e] = T.if_then_else(i < chunks, decay_next[e], T.float32(0))
+        load_chunk(i + 2, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
+                   start, length, h, m0, kind, window, total, tid)
+        if i < chunks:
+            store_tile(kind, fc, start_k, start_v, first + i, h, m0, tid)
+        for e in T.unroll(FRAG_C):
+            fc[e] = fc[e] * T.exp(decay[e])
+        if kind == 0:  # S += x'^T w: x' read transposed from its token-major tile
+            warp_matmul(tid, fa, fb, fc, xs, x_row, xs, x_row, ws, w_row, "row_major", K // 16, 1, C // 16,
+                        fill=False, store=False, a_layout="col_major")
+        else:  # R += w^T x'
+            warp_matmul(tid, fa, fb, fc, xs, x_row, ws, w_row, xs, x_row, "row_major", 1, V // 16, C // 16,
+                        fill=False, store=False, a_layout="col_major")
+
     @T.prim_func(s_tir=True)
     def func(k_h: T.handle, v_h: T.handle, s_h: T.handle, gcum_h: T.handle, cu_h: T.handle,
              choff_h: T.handle, h0k_h: T.handle, h0v_h: T.handle, start_k_h: T.handle,
@@ -139,12 +167,18 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                              hk[0:N, 0:H, 0:K, 0:M], hv[0:N, 0:H, 0:M, 0:V])
                     xs = T.sblock_alloc_buffer((C * x_row,), kv_dtype, scope="shared.dyn")
                     ws = T.sblock_alloc_buffer((C * w_row,), kv_dtype, scope="shared.dyn")
-                    stage_vec = T.sblock_alloc_buffer((ceil_div(C * D // VEC, THREADS) * VEC,), kv_dtype, scope="local")
-                    # the next chunk's write strengths and gates, and each accumulator's decay
-                    s_next = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
-                    g_next = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
-                    g_last_next = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
-                    decay_next = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
+                    # two register sets of a chunk's loads: its token rows, per element of w the
+                    # write strength, gate sum and last gate sum, and each accumulator's decay
+                    stage_a = T.sblock_alloc_buffer((ceil_div(C * D // VEC, THREADS) * VEC,), kv_dtype, scope="local")
+                    stage_b = T.sblock_alloc_buffer((ceil_div(C * D // VEC, THREADS) * VEC,), kv_dtype, scope="local")
+                    s_a = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    s_b = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    g_a = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    g_b = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    g_last_a = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    g_last_b = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    decay_a = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
+                    decay_b = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     decay = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     fa = T.sblock_alloc_buffer((FRAG_A,), kv_dtype, scope="local")
                     fb = T.sblock_alloc_buffer((FRAG_B,), kv_dtype, scope="local")
@@ -162,34 +196,14 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     for e in T.unroll(FRAG_C):
                         fc[e] = T.if_then_else(kind == 0, h0k[n, h, key_dim(tid, e), m0 + key_slot(tid, e)],
                                                h0v[n, h, m0 + value_slot(tid, e), value_dim(tid, e)])
-                    load_chunk(0, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
+                    # two chunks' loads in flight: the pairs' chunks alternate register sets
+                    load_chunk(0, k, v, s, gcum, stage_a, s_a, g_a, g_last_a, decay_a,
                                start, length, h, m0, kind, window, total, tid)
-                    for i in T.serial(chunks):
-                        p0: T.let[T.int32] = i * C
-                        valid: T.let[T.int32] = T.min(C, length - p0)
-                        c: T.let[T.int32] = first + i
-                        # chunk i's token tile x'_tau = x_{tau - W} (zero before W) and its w
-                        store_rows(xs, x_row, C, stage_vec, D, window - p0, valid, tid)
-                        for j in T.unroll(w_per_thread):
-                            ws[(j * THREADS + tid) // SLOTS * w_row + (j * THREADS + tid) % SLOTS] = T.Cast(
-                                kv_dtype, T.if_then_else(
-                                    (j * THREADS + tid) // SLOTS < valid and p0 + (j * THREADS + tid) // SLOTS >= window,
-                                    s_next[j] * T.exp(g_last_next[j] - g_next[j]), T.float32(0)))
-                        for e in T.unroll(FRAG_C):
-                            decay[e] = decay_next[e]
-                        # chunk i + 1's loads stay in flight through this chunk's work
-                        load_chunk(i + 1, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
-                                   start, length, h, m0, kind, window, total, tid)
-                        # the chunk-start state (what the output pass reads), then the addition
-                        store_tile(kind, fc, start_k, start_v, c, h, m0, tid)
-                        for e in T.unroll(FRAG_C):
-                            fc[e] = fc[e] * T.exp(decay[e])
-                        if kind == 0:  # S += x'^T w: x' read transposed from its token-major tile
-                            warp_matmul(tid, fa, fb, fc, xs, x_row, xs, x_row, ws, w_row, "row_major", K // 16, 1, C // 16,
-                                        fill=False, store=False, a_layout="col_major")
-                        else:  # R += w^T x'
-                            warp_matmul(tid, fa, fb, fc, xs, x_row, ws, w_row, xs, x_row, "row_major", 1, V // 16, C // 16,
-                                        fill=False, store=False, a_layout="col_major")
+                    load_chunk(1, k, v, s, gcum, stage_b, s_b, g_b, g_last_b, decay_b,
+                               start, length, h, m0, kind, window, total, tid)
+                    for pair in T.serial((chunks + 1) // 2):
+                        step(2 * pair, stage_a, s_a, g_a, g_last_a, decay_a)
+                        step(2 * pair + 1, stage_b, s_b, g_b, g_last_b, decay_b)
                     store_tile(kind, fc, hk, hv, n, h, m0, tid)
 
     return func
