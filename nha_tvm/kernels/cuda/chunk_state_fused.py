@@ -10,8 +10,9 @@ order, the running state in its mma accumulators:
 
 with w[tau, m] = s'_tau[m] exp(G_last[m] - G_tau[m]) over the chunk's C tokens (spec, "Chunked
 form"). Before each chunk's addition the block stores the chunk-start state (``state_dtype``,
-what the output pass reads); after the last, the float32 final state. The next chunk's tile and
-gates are loaded into registers while the current chunk's matmul runs.
+what the output pass reads); after the last, the float32 final state. Two chunks' tiles and
+gates are in flight in registers: chunk i + 2's loads go out while chunks i and i + 1 are
+worked on.
 
 Blocks: sequences x kv heads x M / 16 slot tiles x 2 (keys, values). Keys and values run the
 same code up to the matmul and the stores (barriers cannot sit under a branch). Needs 16-bit
