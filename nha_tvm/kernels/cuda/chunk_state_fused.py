@@ -10,9 +10,9 @@ order, the running state in its mma accumulators:
 
 with w[tau, m] = s'_tau[m] exp(G_last[m] - G_tau[m]) over the chunk's C tokens (spec, "Chunked
 form"). Before each chunk's addition the block stores the chunk-start state (``state_dtype``,
-what the output pass reads); after the last, the float32 final state. Two chunks' tiles and
-gates are in flight in registers: chunk i + 2's loads go out while chunks i and i + 1 are
-worked on.
+what the output pass reads); after the last, the float32 final state. The chunks go in pairs:
+both tiles in shared memory at once, the two additions side by side (independent mma chains,
+two barriers a pair), and the next pair's tiles and gates in flight in registers meanwhile.
 
 Blocks: sequences x kv heads x M / 16 slot tiles x 2 (keys, values). Keys and values run the
 same code up to the matmul and the stores (barriers cannot sit under a branch). Needs 16-bit
@@ -108,13 +108,12 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         out_v[row, h, m0 + value_slot(tid, 4 * hh + 2 * r + e), value_dim(tid, 4 * hh + 2 * r + e)] = \
                             T.Cast(out_v.dtype, fc[4 * hh + 2 * r + e])
 
-    @T.macro(hygienic=False)
-    def step(i, stage_vec, s_next, g_next, g_last_next, decay_next):
-        """Chunk i, with its loads in the given registers (past the sequence's last chunk, the
-        second of a pair: it adds zeros and stores nothing): its tile x'_tau = x_{tau - W} (zero
-        before W) and w into shared memory, chunk i + 2's loads into the same registers (in
-        flight through two chunks' work), the chunk-start state out (what the output pass
-        reads), then the decay and the addition."""
+    @T.macro
+    def stage_chunk(i, xs, ws, stage_vec, s_next, g_next, g_last_next, decay_next, decay,
+                    window, length, chunks, tid):
+        """Chunk i's tile x'_tau = x_{tau - W} (zero before W) and w from its loads in registers
+        into shared memory, and its decays (past the sequence's last chunk: zeros, so that it
+        adds nothing and keeps the state)."""
         store_rows(xs, x_row, C, stage_vec, D, window - i * C, T.min(C, length - i * C), tid)
         for j in T.unroll(w_per_thread):
             ws[(j * THREADS + tid) // SLOTS * w_row + (j * THREADS + tid) % SLOTS] = T.Cast(
@@ -123,16 +122,19 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     s_next[j] * T.exp(g_last_next[j] - g_next[j]), T.float32(0)))
         for e in T.unroll(FRAG_C):
             decay[e] = T.if_then_else(i < chunks, decay_next[e], T.float32(0))
-        load_chunk(i + 2, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
-                   start, length, h, m0, kind, window, total, tid)
-        if i < chunks:
-            store_tile(kind, fc, start_k, start_v, first + i, h, m0, tid)
-        for e in T.unroll(FRAG_C):
-            fc[e] = fc[e] * T.exp(decay[e])
+
+    @T.macro
+    def add_pair(fa, fb, fc, xs, ws, fa_b, fb_b, fc_b, xs_b, ws_b, kind, tid):
+        """fc += the first chunk's addition, fc_b = the second's, from their tiles in shared
+        memory: both matmuls in one branch, so that their mma chains can interleave."""
         if kind == 0:  # S += x'^T w: x' read transposed from its token-major tile
+            warp_matmul(tid, fa_b, fb_b, fc_b, xs_b, x_row, xs_b, x_row, ws_b, w_row, "row_major", K // 16, 1,
+                        C // 16, fill=True, store=False, a_layout="col_major")
             warp_matmul(tid, fa, fb, fc, xs, x_row, xs, x_row, ws, w_row, "row_major", K // 16, 1, C // 16,
                         fill=False, store=False, a_layout="col_major")
         else:  # R += w^T x'
+            warp_matmul(tid, fa_b, fb_b, fc_b, xs_b, x_row, ws_b, w_row, xs_b, x_row, "row_major", 1, V // 16,
+                        C // 16, fill=True, store=False, a_layout="col_major")
             warp_matmul(tid, fa, fb, fc, xs, x_row, ws, w_row, xs, x_row, "row_major", 1, V // 16, C // 16,
                         fill=False, store=False, a_layout="col_major")
 
@@ -166,8 +168,11 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                             h0k[0:N, 0:H, 0:K, 0:M], h0v[0:N, 0:H, 0:M, 0:V])
                     T.writes(start_k[0:NC, 0:H, 0:K, 0:M], start_v[0:NC, 0:H, 0:M, 0:V],
                              hk[0:N, 0:H, 0:K, 0:M], hv[0:N, 0:H, 0:M, 0:V])
+                    # a pair of chunks' tiles
                     xs = T.sblock_alloc_buffer((C * x_row,), kv_dtype, scope="shared.dyn")
                     ws = T.sblock_alloc_buffer((C * w_row,), kv_dtype, scope="shared.dyn")
+                    xs_b = T.sblock_alloc_buffer((C * x_row,), kv_dtype, scope="shared.dyn")
+                    ws_b = T.sblock_alloc_buffer((C * w_row,), kv_dtype, scope="shared.dyn")
                     # two register sets of a chunk's loads: its token rows, per element of w the
                     # write strength, gate sum and last gate sum, and each accumulator's decay
                     stage_a = T.sblock_alloc_buffer((ceil_div(C * D // VEC, THREADS) * VEC,), kv_dtype, scope="local")
@@ -181,9 +186,14 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     decay_a = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     decay_b = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     decay = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
+                    decay_next_chunk = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     fa = T.sblock_alloc_buffer((FRAG_A,), kv_dtype, scope="local")
                     fb = T.sblock_alloc_buffer((FRAG_B,), kv_dtype, scope="local")
                     fc = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
+                    # the second chunk's fragments and addition
+                    fa_b = T.sblock_alloc_buffer((FRAG_A,), kv_dtype, scope="local")
+                    fb_b = T.sblock_alloc_buffer((FRAG_B,), kv_dtype, scope="local")
+                    fc_b = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     n: T.let[T.int32] = bx // (H * tiles * 2)
                     h: T.let[T.int32] = bx // (tiles * 2) % H
                     m0: T.let[T.int32] = bx // 2 % tiles * SLOTS
@@ -197,14 +207,36 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     for e in T.unroll(FRAG_C):
                         fc[e] = T.if_then_else(kind == 0, h0k[n, h, key_dim(tid, e), m0 + key_slot(tid, e)],
                                                h0v[n, h, m0 + value_slot(tid, e), value_dim(tid, e)])
-                    # two chunks' loads in flight: the pairs' chunks alternate register sets
+                    # a pair of chunks' loads in flight: its chunks alternate register sets
                     load_chunk(0, k, v, s, gcum, stage_a, s_a, g_a, g_last_a, decay_a,
                                start, length, h, m0, kind, window, total, tid)
                     load_chunk(1, k, v, s, gcum, stage_b, s_b, g_b, g_last_b, decay_b,
                                start, length, h, m0, kind, window, total, tid)
+                    # chunks i and i + 1 (past the sequence's last chunk they add zeros and store
+                    # nothing): both tiles and w into shared memory, the next pair's loads into the
+                    # registers (in flight through this pair's work), then the two additions side
+                    # by side, chunk i + 1's into accumulators of its own (independent mma chains),
+                    # and the carry S_{i+1} = S_i exp(G_last,i) + D_i, S_{i+2} = S_{i+1}
+                    # exp(G_last,i+1) + D_{i+1}, each chunk-start state stored (what the output
+                    # pass reads)
                     for pair in T.serial((chunks + 1) // 2):
-                        step(2 * pair, stage_a, s_a, g_a, g_last_a, decay_a)
-                        step(2 * pair + 1, stage_b, s_b, g_b, g_last_b, decay_b)
+                        stage_chunk(2 * pair, xs, ws, stage_a, s_a, g_a, g_last_a, decay_a, decay,
+                                    window, length, chunks, tid)
+                        stage_chunk(2 * pair + 1, xs_b, ws_b, stage_b, s_b, g_b, g_last_b, decay_b,
+                                    decay_next_chunk, window, length, chunks, tid)
+                        load_chunk(2 * pair + 2, k, v, s, gcum, stage_a, s_a, g_a, g_last_a, decay_a,
+                                   start, length, h, m0, kind, window, total, tid)
+                        load_chunk(2 * pair + 3, k, v, s, gcum, stage_b, s_b, g_b, g_last_b, decay_b,
+                                   start, length, h, m0, kind, window, total, tid)
+                        if 2 * pair < chunks:
+                            store_tile(kind, fc, start_k, start_v, first + 2 * pair, h, m0, tid)
+                        for e in T.unroll(FRAG_C):
+                            fc[e] = fc[e] * T.exp(decay[e])
+                        add_pair(fa, fb, fc, xs, ws, fa_b, fb_b, fc_b, xs_b, ws_b, kind, tid)
+                        if 2 * pair + 1 < chunks:
+                            store_tile(kind, fc, start_k, start_v, first + 2 * pair + 1, h, m0, tid)
+                        for e in T.unroll(FRAG_C):
+                            fc[e] = fc[e] * T.exp(decay_next_chunk[e]) + fc_b[e]
                     store_tile(kind, fc, hk, hv, n, h, m0, tid)
 
     return func
