@@ -37,12 +37,13 @@ def test_varlen_three_sequences(device, dtype, tol, rope, W):
 @pytest.mark.parametrize("W", [0, 100])
 def test_varlen_states_at_model_head_sizes(device, dtype, tol, M, W):
     """K = V = 128 (in bfloat16 on GPUs the state pass runs fused, a block per 16-slot tile
-    walking its sequence's chunks): sequences shorter than, equal to and longer than a chunk,
-    from initial states; the final states and the output against the reference."""
-    lens = [1, 64, 65, 200]
-    cu = torch.tensor([0, 1, 65, 130, 330], dtype=torch.int32, device=device)
+    walking its sequence's chunks in pairs): sequences shorter than, equal to and longer than a
+    chunk, an odd and an even number of chunks, an empty one, from initial states; the final
+    states and the output against the reference."""
+    lens = [1, 64, 65, 200, 0, 150]
+    cu = torch.tensor([0, 1, 65, 130, 330, 330, 480], dtype=torch.int32, device=device)
     q, k, v, g, _ = make_inputs(1, sum(lens), 2, 2, 128, 128, M, device=device, dtype=dtype)
-    state = (torch.randn(4, 2, 128, M, device=device), torch.randn(4, 2, M, 128, device=device))
+    state = (torch.randn(6, 2, 128, M, device=device), torch.randn(6, 2, M, 128, device=device))
     o, final = nha_tvm.nha_attention(q, k, v, g, window=W, rope_theta=10000.0, cu_seqlens=cu,
                                      initial_state=state, output_final_state=True)
     ref, ref_final = nha_reference(q, k, v, g, window=W, rope_theta=10000.0, cu_seqlens=cu,
