@@ -63,8 +63,10 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
                                             gate_dtype=gate_dtype)),
         }
     start_dtype = state_dtype(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
+    # the additions and the carry in one pass (no float32 additions through global memory),
+    # where the output pass reads 16-bit chunk-start states (its slots on tensor cores, e.g.
+    # not M = 16 or 48): the fused pass has not run with float32 ones
     if fused_state_applies(K=K, V=V, M=M, kv_dtype=io_dtype) and start_dtype == io_dtype:
-        # the additions and the carry in one pass: no float32 additions through global memory
         states = {"state_fused": ("chunk_state_fused", dict(
             H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype, gate_dtype=gate_dtype, state_dtype=start_dtype))}
     else:
