@@ -51,7 +51,8 @@ import operator
 from tvm.script import tirx as T
 
 from .layout import LOG2_TX, STATIC_SHARED_LIMIT, THREADS, TX, TY, WARPS, ceil_div
-from .staging import VEC, load_rows, stage_rows, store_rows
+from .staging import (VEC, load_padded_rows, load_rows, load_state_rows, store_padded_rows, store_rows,
+                      vector_lanes, vector_registers)
 from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, deals_by_rows,
                        load_a, load_b, mma_tile, tile_col, tile_row, tiles_per_warp, warp_matmul, warp_tiles)
 
@@ -98,16 +99,6 @@ def key_logits_on_cuda_cores(acc, qs, q_row, ks, key_row, K, rows, cols, ty, tx)
         for a in T.unroll(rows):
             for b in T.unroll(cols):
                 acc[a, b] = acc[a, b] + T.Cast("float32", qs[(ty + TY * a) * q_row + i]) * ks[(tx + TX * b) * key_row + i]
-
-
-@T.macro
-def stage_state_whole(tile, src, c, h, rows, cols, row_stride, tid):
-    """The whole chunk-start state src[c, h] ([rows, cols]) into ``tile`` with rows
-    ``row_stride`` apart (clamped indices: a few threads store the last element twice)."""
-    for j in T.unroll(ceil_div(rows * cols, THREADS)):
-        tile[T.min(j * THREADS + tid, rows * cols - 1) // cols * row_stride
-             + T.min(j * THREADS + tid, rows * cols - 1) % cols] = src[
-            c, h, T.min(j * THREADS + tid, rows * cols - 1) // cols, T.min(j * THREADS + tid, rows * cols - 1) % cols]
 
 
 def sub_block_offset(i):
@@ -264,6 +255,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
     off_rows = earlier_rows(sub_blocks)
     limit = diagonal_decay_limit(io_dtype)
     kv_scope = key_value_scope(lay, C=C, M=M)
+    g_lanes, s_lanes = vector_lanes("float32", M), vector_lanes(gate_dtype, M)
 
     def sub_block_of(r):
         """The i of U_i whose rows before sub-block i hold row r of them all."""
@@ -396,6 +388,12 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     pe_vals = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
                     # a thread's share of a [C, K or V] tile in 16-byte vectors (tensor cores)
                     stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if tensor_cores else (1,), io_dtype, scope="local")
+                    q_vec = T.sblock_alloc_buffer((vector_registers(C, K, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
+                    k_vec = T.sblock_alloc_buffer((vector_registers(C, K, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
+                    g_vec = T.sblock_alloc_buffer((vector_registers(C, M, g_lanes),), "float32", scope="local")
+                    s_vec = T.sblock_alloc_buffer((vector_registers(C, M, s_lanes),), gate_dtype, scope="local")
+                    state_vec = T.sblock_alloc_buffer((max(vector_registers(K, M, VEC), vector_registers(M, V, VEC)),) if slots_tc else (1,),
+                                                      io_dtype, scope="local")
                     # with long windows the later chunks take the longest: run them first, so the
                     # last wave is short ones (with short windows the order costs at W = 64;
                     # BENCHMARKS.md). Spelled NC - 1 - bx // HQ: TVM 0.27 miscompiled
@@ -413,14 +411,23 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     p0: T.let[T.int32] = (c - choff[n]) * C  # position of the chunk's first token
                     valid: T.let[T.int32] = T.if_then_else(chseq[c] < bounds - 1, T.min(C, cu[n + 1] - start - p0), 0)
 
-                    # ---- stage q, the shifted k' and v', s' and G ----
+                    # ---- stage q, the shifted k' and v', s', G and S_c ----
                     # (staging loops clamp their index instead of branching: a few threads
                     # store the same value twice, and no store sits under a condition, where
-                    # TVM could not place the barrier a later reuse of the buffer needs)
+                    # TVM could not place the barrier a later reuse of the buffer needs; all
+                    # loads go out before the first store, so the block waits for one latency)
                     if tensor_cores:
-                        stage_rows(qs, q_row, C, q, start + p0, 0, valid, hq, K, total, stage_vec, tid)
-                        stage_rows(ks, key_row, C, k, start + p0 - window, window - p0, valid, h, K, total, stage_vec, tid)
-                        stage_rows(vs, v_row, C, v, start + p0 - window, window - p0, valid, h, V, total, stage_vec, tid)
+                        load_rows(q_vec, C, q, start + p0, hq, K, total, tid)
+                        load_rows(k_vec, C, k, start + p0 - window, h, K, total, tid)
+                        load_rows(stage_vec, C, v, start + p0 - window, h, V, total, tid)
+                    load_padded_rows(g_vec, g_lanes, C, gcum, start + p0, h, M, total, tid)
+                    load_padded_rows(s_vec, s_lanes, C, s, start + p0 - window, h, M, total, tid)
+                    if slots_tc:
+                        load_state_rows(state_vec, chunk_k, c, h, K, M, tid)
+                    if tensor_cores:
+                        store_rows(qs, q_row, C, q_vec, K, 0, valid, tid)
+                        store_rows(ks, key_row, C, k_vec, K, window - p0, valid, tid)
+                        store_rows(vs, v_row, C, stage_vec, V, window - p0, valid, tid)
                     else:
                         for j in T.unroll(ceil_div(C * K, THREADS)):
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
@@ -433,14 +440,10 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             e: T.let[T.int32] = T.min(j * THREADS + tid, C * V - 1) % V
                             vs[r * v_row + e] = T.if_then_else(r < valid and p0 + r >= window,
                                                       v[start + p0 + r - window, h, e], T.Cast(io_dtype, 0))
-                    for j in T.unroll(ceil_div(C * M, THREADS)):
-                        r: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) // M
-                        m: T.let[T.int32] = T.min(j * THREADS + tid, C * M - 1) % M
-                        gs[r * (M + 1) + m] = T.if_then_else(r < valid, gcum[start + p0 + r, h, m], T.float32(0))
-                        ss[r * (M + 1) + m] = T.if_then_else(r < valid and p0 + r >= window,
-                                                  T.Cast("float32", s[start + p0 + r - window, h, m]), T.float32(0))
+                    store_padded_rows(gs, M + 1, C, g_vec, g_lanes, M, 0, valid, tid)
+                    store_padded_rows(ss, M + 1, C, s_vec, s_lanes, M, window - p0, valid, tid)
                     if slots_tc:
-                        stage_state_whole(state16, chunk_k, c, h, K, M, s_row, tid)
+                        store_rows(state16, s_row, K, state_vec, M, 0, K, tid)
 
                     # ---- slot logits, inter-chunk part: (Q S_c) * exp(G) ----
                     if slots_tc:
@@ -474,8 +477,9 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         for a in T.unroll(rows):
                             for b in T.unroll(cols_m):
                                 acc_m[a, b] = product[(ty + TY * a) * prod_row + tx + TX * b]
-                        # R_c takes the tile: its loads overlap the intra-chunk work below
-                        stage_state_whole(state16, chunk_v, c, h, M, V, v_row, tid)
+                        # R_c takes the tile (stored before the read-out): its loads overlap
+                        # the intra-chunk work and the softmax below
+                        load_state_rows(state_vec, chunk_v, c, h, M, V, tid)
                     else:
                         state_rows_matmul(acc_m, lambda a, i: T.Cast("float32", qs[(ty + TY * a) * q_row + i]),
                                           state, chunk_k, c, h, K, M, rows, cols_m, tx, tid)
@@ -620,6 +624,13 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                     pw[(ty + TY * a) * pw_row + tx + TX * b] = T.Cast(io_dtype, acc_m[a, b])
                                 else:
                                     ps[ty + TY * a, tx + TX * b] = acc_m[a, b]
+                    if slots_tc:
+                        store_rows(state16, v_row, M, state_vec, V, 0, M, tid)
+                    lo: T.let[T.int32] = T.max(0, p0 - window + 1)  # first window key any row can see
+                    if tensor_cores:
+                        # the window's Q (RoPE'd) and first key tile: loads in flight over the read-out
+                        load_rows(q_vec, C, qr, start + p0, hq, K, total, tid)
+                        load_rows(stage_vec, C, kr, start + lo, h, K, total, tid)
                     # O = (P exp(G)) R_c + X v' (on tensor cores one sum of two matmuls)
                     if slots_tc:
                         warp_matmul(tid, fa, fb, fc, product, prod_row, pw, pw_row, state16, v_row, "row_major", C // 16, V // 16, M // 16,
@@ -649,8 +660,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                         if tx + TX * b < V:
                                             acc_v[a, b] = acc_v[a, b] + xs[(ty + TY * a) * x_row + tau] * T.Cast("float32", vs[tau * v_row + tx + TX * b])
 
-                    # ---- window keys j in (p_t - W, p_t], RoPE'd, in tiles of C keys ----
-                    lo: T.let[T.int32] = T.max(0, p0 - window + 1)  # first key any row can see
+                    # ---- window keys j in (p_t - W, p_t], RoPE'd, in tiles of C keys, from lo ----
                     if tensor_cores:
                         # Each warp takes the 16 rows of its Q K^T tiles and their key columns of
                         # every key tile, and runs its own online softmax in the mma accumulators:
@@ -667,11 +677,10 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                     product[(ty + TY * a) * prod_row + tx + TX * b] = acc_v[a, b]
                             row_stats[ty + TY * a] = row_max[a]  # every lane of the row: the same value
                             row_stats[C + ty + TY * a] = row_sum[a]
-                        stage_rows(qs, q_row, C, qr, start + p0, 0, valid, hq, K, total, stage_vec, tid)
+                        store_rows(qs, q_row, C, q_vec, K, 0, valid, tid)
                         # each tile's loads go out a phase ahead of their use: the first key
-                        # tile's now, a value tile's before Q K^T and the softmax, the next key
-                        # tile's before P V (one register buffer, always in flight)
-                        load_rows(stage_vec, C, kr, start + lo, h, K, total, tid)
+                        # tile's with Q's (above), a value tile's before Q K^T and the softmax,
+                        # the next key tile's before P V (one register buffer, always in flight)
                         # the warp's rows of Q stay in registers as A fragments for every key tile
                         for kk in T.unroll(K // 16):
                             load_a(tid, fq, FRAG_A * kk, qs, q_row, 16 * tile_row(tid, C // 16, C // 16) * q_row + 16 * kk)

@@ -13,15 +13,28 @@ from .layout import THREADS, ceil_div
 VEC = 8  # 16-bit elements per 16-byte vector load
 
 
-def vector_row(j, tid, rows, width):
-    """The row of the j-th vector a thread stages of a [rows, width] tile (clamped: threads
-    past the end repeat the last vector)."""
-    return T.min(j * THREADS + tid, rows * width // VEC - 1) // (width // VEC)
+def vector_row(j, tid, rows, width, lanes=VEC):
+    """The row of the j-th vector (of ``lanes`` elements) a thread stages of a [rows, width]
+    tile (clamped: threads past the end repeat the last vector)."""
+    return T.min(j * THREADS + tid, rows * width // lanes - 1) // (width // lanes)
 
 
-def vector_col(j, tid, rows, width):
+def vector_col(j, tid, rows, width, lanes=VEC):
     """The first column of that vector."""
-    return T.min(j * THREADS + tid, rows * width // VEC - 1) % (width // VEC) * VEC
+    return T.min(j * THREADS + tid, rows * width // lanes - 1) % (width // lanes) * lanes
+
+
+def vector_lanes(dtype: str, width: int) -> int:
+    """Elements of ``dtype`` in a 16-byte vector, halved until they divide a row of ``width``."""
+    lanes = 16 // (4 if dtype == "float32" else 2)
+    while width % lanes:
+        lanes //= 2
+    return lanes
+
+
+def vector_registers(rows: int, width: int, lanes: int) -> int:
+    """Elements of the register buffer of a thread's share of a [rows, width] tile."""
+    return ceil_div(rows * width // lanes, THREADS) * lanes
 
 
 @T.macro
@@ -33,6 +46,36 @@ def load_rows(vec, rows, src, base, hd, width, total, tid):
         for e in T.vectorized(VEC):
             vec[j * VEC + e] = src[T.max(T.min(base + vector_row(j, tid, rows, width), total - 1), 0), hd,
                                    vector_col(j, tid, rows, width) + e]
+
+
+@T.macro
+def load_padded_rows(vec, lanes, rows, src, base, hd, width, total, tid):
+    """``load_rows`` of ``lanes``-element vectors, for tiles whose shared rows are padded off
+    the 16-byte grid (``store_padded_rows`` puts them element by element)."""
+    for j in T.unroll(ceil_div(rows * width // lanes, THREADS)):
+        for e in T.vectorized(lanes):
+            vec[j * lanes + e] = src[T.max(T.min(base + vector_row(j, tid, rows, width, lanes), total - 1), 0), hd,
+                                     vector_col(j, tid, rows, width, lanes) + e]
+
+
+@T.macro
+def store_padded_rows(tile, row_stride, rows, vec, lanes, width, r_min, r_max, tid):
+    """What ``load_padded_rows`` left in ``vec`` into tile[r * row_stride + e] one element at
+    a time, converted to the tile's dtype, rows outside r_min <= r < r_max as zeros."""
+    for j in T.unroll(ceil_div(rows * width // lanes, THREADS)):
+        for e in T.unroll(lanes):
+            tile[vector_row(j, tid, rows, width, lanes) * row_stride + vector_col(j, tid, rows, width, lanes) + e] = T.Select(
+                vector_row(j, tid, rows, width, lanes) >= r_min and vector_row(j, tid, rows, width, lanes) < r_max,
+                T.Cast(tile.dtype, vec[j * lanes + e]), T.Cast(tile.dtype, 0))
+
+
+@T.macro
+def load_state_rows(vec, src, c, h, rows, width, tid):
+    """A thread's share of the chunk-start state src[c, h] ([rows, width]) into ``vec`` in
+    16-byte vectors (``store_rows`` with r_min = 0, r_max = rows puts it in shared memory)."""
+    for j in T.unroll(ceil_div(rows * width // VEC, THREADS)):
+        for e in T.vectorized(VEC):
+            vec[j * VEC + e] = src[c, h, vector_row(j, tid, rows, width), vector_col(j, tid, rows, width) + e]
 
 
 @T.macro
