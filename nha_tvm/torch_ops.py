@@ -61,7 +61,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
     if chunked:  # its CUDA kernels read 16-byte vectors
         q3, k3, v3 = (_aligned(x) for x in (q3, k3, v3))
     if s is not None:
-        s3 = s.view(total, H, M)
+        s3 = _aligned(s.view(total, H, M)) if chunked else s.view(total, H, M)
     elif chunked:
         s3 = new_output(total, H, M, dtype=g.dtype, device=dev)
     else:
