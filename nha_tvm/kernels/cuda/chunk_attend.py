@@ -51,7 +51,7 @@ import operator
 from tvm.script import tirx as T
 
 from .layout import LOG2_TX, STATIC_SHARED_LIMIT, THREADS, TX, TY, WARPS, ceil_div
-from .staging import (VEC, load_padded_rows, load_rows, load_state_rows, store_padded_rows, store_rows,
+from .staging import (VEC, load_rows, load_state_rows, load_vectors, store_padded_rows, store_rows,
                       vector_lanes, vector_registers)
 from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, deals_by_rows,
                        load_a, load_b, mma_tile, tile_col, tile_row, tiles_per_warp, warp_matmul, warp_tiles)
@@ -387,7 +387,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     row_decay = T.sblock_alloc_buffer((1,), "float32", scope="local")
                     pe_vals = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
                     # a thread's share of a [C, K or V] tile in 16-byte vectors (tensor cores)
-                    stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if tensor_cores else (1,), io_dtype, scope="local")
+                    stage_vec = T.sblock_alloc_buffer((vector_registers(C, max(K, V), VEC),) if tensor_cores else (1,), io_dtype, scope="local")
                     q_vec = T.sblock_alloc_buffer((vector_registers(C, K, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
                     k_vec = T.sblock_alloc_buffer((vector_registers(C, K, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
                     g_vec = T.sblock_alloc_buffer((vector_registers(C, M, g_lanes),), "float32", scope="local")
@@ -420,8 +420,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         load_rows(q_vec, C, q, start + p0, hq, K, total, tid)
                         load_rows(k_vec, C, k, start + p0 - window, h, K, total, tid)
                         load_rows(stage_vec, C, v, start + p0 - window, h, V, total, tid)
-                    load_padded_rows(g_vec, g_lanes, C, gcum, start + p0, h, M, total, tid)
-                    load_padded_rows(s_vec, s_lanes, C, s, start + p0 - window, h, M, total, tid)
+                    load_vectors(g_vec, g_lanes, C, gcum, start + p0, h, M, total, tid)
+                    load_vectors(s_vec, s_lanes, C, s, start + p0 - window, h, M, total, tid)
                     if slots_tc:
                         load_state_rows(state_vec, chunk_k, c, h, K, M, tid)
                     if tensor_cores:

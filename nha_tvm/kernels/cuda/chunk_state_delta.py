@@ -22,7 +22,7 @@ kernel when each element was a load), and stores them in 16-byte vectors where i
 from tvm.script import tirx as T
 
 from .layout import THREADS, TX, TY, ceil_div
-from .staging import VEC, stage_rows
+from .staging import VEC, stage_rows, vector_registers
 from .warp_mma import FRAG_A, FRAG_B, FRAG_C, deals_by_rows, tiles_per_warp, warp_matmul, warp_store
 
 
@@ -122,7 +122,7 @@ def chunk_state_delta(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     T.writes(chunk_k[0:NC, 0:H, 0:K, 0:M], chunk_v[0:NC, 0:H, 0:M, 0:V])
                     ks = T.sblock_alloc_buffer((C * k_row,), kv_dtype, scope="shared.dyn")
                     vs = T.sblock_alloc_buffer((C * v_row,), kv_dtype, scope="shared.dyn")
-                    stage_vec = T.sblock_alloc_buffer((ceil_div(C * max(K, V) // VEC, THREADS) * VEC,) if vector_staging else (1,), kv_dtype, scope="local")
+                    stage_vec = T.sblock_alloc_buffer((vector_registers(C, max(K, V), VEC),) if vector_staging else (1,), kv_dtype, scope="local")
                     w = T.sblock_alloc_buffer((1, 1) if tensor_cores else (C, w_row), "float32", scope="shared.dyn")
                     w16 = T.sblock_alloc_buffer((C * w16_row,), kv_dtype, scope="shared.dyn")
                     # a lane's mma.sync fragments: a and b tiles, and the accumulators of its tiles

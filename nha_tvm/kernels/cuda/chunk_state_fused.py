@@ -22,7 +22,7 @@ inputs on tensor cores with K = V, and [K, 16] dealing out to the 8 warps by row
 from tvm.script import tirx as T
 
 from .layout import THREADS, WARPS, ceil_div
-from .staging import VEC, load_rows, store_rows
+from .staging import VEC, load_rows, store_rows, vector_registers
 from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, tile_col, tile_row,
                        warp_matmul)
 
@@ -175,8 +175,8 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     ws_b = T.sblock_alloc_buffer((C * w_row,), kv_dtype, scope="shared.dyn")
                     # two register sets of a chunk's loads: its token rows, per element of w the
                     # write strength, gate sum and last gate sum, and each accumulator's decay
-                    stage_a = T.sblock_alloc_buffer((ceil_div(C * D // VEC, THREADS) * VEC,), kv_dtype, scope="local")
-                    stage_b = T.sblock_alloc_buffer((ceil_div(C * D // VEC, THREADS) * VEC,), kv_dtype, scope="local")
+                    stage_a = T.sblock_alloc_buffer((vector_registers(C, D, VEC),), kv_dtype, scope="local")
+                    stage_b = T.sblock_alloc_buffer((vector_registers(C, D, VEC),), kv_dtype, scope="local")
                     s_a = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
                     s_b = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
                     g_a = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")

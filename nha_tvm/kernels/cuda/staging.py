@@ -38,20 +38,10 @@ def vector_registers(rows: int, width: int, lanes: int) -> int:
 
 
 @T.macro
-def load_rows(vec, rows, src, base, hd, width, total, tid):
+def load_vectors(vec, lanes, rows, src, base, hd, width, total, tid):
     """The thread's share of src[base + r, hd, 0:width] for r < rows into the registers ``vec``
-    in 16-byte vectors, every load from a clamped row, so a thread's loads are in flight
-    together (``store_rows`` zeroes the rows that were out of range)."""
-    for j in T.unroll(ceil_div(rows * width // VEC, THREADS)):
-        for e in T.vectorized(VEC):
-            vec[j * VEC + e] = src[T.max(T.min(base + vector_row(j, tid, rows, width), total - 1), 0), hd,
-                                   vector_col(j, tid, rows, width) + e]
-
-
-@T.macro
-def load_padded_rows(vec, lanes, rows, src, base, hd, width, total, tid):
-    """``load_rows`` of ``lanes``-element vectors, for tiles whose shared rows are padded off
-    the 16-byte grid (``store_padded_rows`` puts them element by element)."""
+    in vectors of ``lanes`` elements, every load from a clamped row, so a thread's loads are in
+    flight together (the stores zero the rows that were out of range)."""
     for j in T.unroll(ceil_div(rows * width // lanes, THREADS)):
         for e in T.vectorized(lanes):
             vec[j * lanes + e] = src[T.max(T.min(base + vector_row(j, tid, rows, width, lanes), total - 1), 0), hd,
@@ -59,8 +49,15 @@ def load_padded_rows(vec, lanes, rows, src, base, hd, width, total, tid):
 
 
 @T.macro
+def load_rows(vec, rows, src, base, hd, width, total, tid):
+    """``load_vectors`` in 16-byte vectors of 16-bit elements, for ``store_rows``."""
+    load_vectors(vec, VEC, rows, src, base, hd, width, total, tid)
+
+
+@T.macro
 def store_padded_rows(tile, row_stride, rows, vec, lanes, width, r_min, r_max, tid):
-    """What ``load_padded_rows`` left in ``vec`` into tile[r * row_stride + e] one element at
+    """What ``load_vectors`` left in ``vec`` (for tiles whose shared rows are padded off the
+    16-byte grid) in ``vec`` into tile[r * row_stride + e] one element at
     a time, converted to the tile's dtype, rows outside r_min <= r < r_max as zeros."""
     for j in T.unroll(ceil_div(rows * width // lanes, THREADS)):
         for e in T.unroll(lanes):
