@@ -58,14 +58,14 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
     plan = prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=dtype_name(q.dtype),
                            gate_dtype=dtype_name(g.dtype), arch=arch)
     chunked = "gates" in plan  # the chunked algorithm (kernel_plan), else the portable one
-    if chunked:  # its CUDA kernels read 16-byte vectors
-        q3, k3, v3 = (_aligned(x) for x in (q3, k3, v3))
     if s is not None:
-        s3 = _aligned(s.view(total, H, M)) if chunked else s.view(total, H, M)
+        s3 = s.view(total, H, M)
     elif chunked:
         s3 = new_output(total, H, M, dtype=g.dtype, device=dev)
     else:
         s3 = -torch.expm1(g3)
+    if chunked:  # its CUDA kernels read 16-byte vectors
+        q3, k3, v3, s3 = (_aligned(x) for x in (q3, k3, v3, s3))
     # the chunk-start states the output pass reads (float32, or 16-bit for tensor cores)
     state_role = "state_fused" if "state_fused" in plan else "state_scan"
     start_dtype = getattr(torch, plan[state_role][1]["state_dtype"]) if chunked else torch.float32
