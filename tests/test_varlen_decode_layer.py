@@ -1,5 +1,7 @@
 """Packed variable-length prefill, decode steps against prefill, and the layer."""
 
+import itertools
+
 import pytest
 import torch
 
@@ -41,7 +43,7 @@ def test_varlen_states_at_model_head_sizes(device, dtype, tol, M, W):
     chunk, an odd and an even number of chunks, an empty one, from initial states; the final
     states and the output against the reference."""
     lens = [1, 64, 65, 200, 0, 150]
-    cu = torch.tensor([0, 1, 65, 130, 330, 330, 480], dtype=torch.int32, device=device)
+    cu = torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=device)
     q, k, v, g, _ = make_inputs(1, sum(lens), 2, 2, 128, 128, M, device=device, dtype=dtype)
     state = (torch.randn(6, 2, 128, M, device=device), torch.randn(6, 2, M, 128, device=device))
     o, final = nha_tvm.nha_attention(q, k, v, g, window=W, rope_theta=10000.0, cu_seqlens=cu,
