@@ -6,7 +6,7 @@ its roles:
 
 - ``chunked`` (CUDA): gate prefix sums per chunk, the per-chunk state additions (a block per
   chunk and kv head), a scan of the states over chunks, and the output pass with a thread
-  block per chunk and query head (kernels/cuda);
+  block per chunk and query head (kernels/cuda), in a variant for long windows;
 - ``portable`` (CPU, and GPUs whose shared memory cannot hold the output pass's tiles): the
   state pass as a serial recurrence per state element, and an output pass with a thread per
   token.
@@ -22,13 +22,15 @@ from tvm.s_tir import Schedule
 
 from nha_tvm.schedules import CHUNK_SIZE
 
-from .kernels.cuda.chunk_attend import shared_bytes, state_dtype
+from .kernels.cuda.chunk_attend import shared_bytes, state_dtype, uses_tensor_cores
 from .kernels.cuda.chunk_state_fused import fused_state_applies
 from .kernels.cuda.decode_step import decode_step_cuda
 from .kernels.cuda.layout import STATIC_SHARED_LIMIT, ceil_div
 from .targets import max_shared_bytes
 
 log = logging.getLogger(__name__)
+
+LONG_WINDOW_CHUNKS = 4  # windows of this many chunks or more take the output pass's attend_long
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,14 +77,24 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
                                                       gate_dtype=gate_dtype)),
             "state_scan": ("chunk_state_scan", dict(H=H, K=K, V=V, M=M, C=C, state_dtype=start_dtype)),
         }
+    attend = dict(HQ=HQ, H=H, K=K, V=V, M=M, C=C, io_dtype=io_dtype, gate_dtype=gate_dtype)
     return {
         **layout,
         "gates": ("chunk_gate_cumsum", dict(H=H, M=M, C=C, gate_dtype=gate_dtype)),
         **states,
         **rope,
-        "attend": ("chunk_attend_cuda", dict(HQ=HQ, H=H, K=K, V=V, M=M, C=C, io_dtype=io_dtype,
-                                             gate_dtype=gate_dtype)),
+        "attend": ("chunk_attend_cuda", attend),
+        **({"attend_long": ("chunk_attend_cuda", dict(attend, values_ahead=True))}
+           if uses_tensor_cores(K=K, V=V, C=C, io_dtype=io_dtype) else {}),
     }
+
+
+def attend_role(plan: dict, window: int) -> str:
+    """The plan's output pass for ``window``: from LONG_WINDOW_CHUNKS chunks on, the variant
+    whose window loop loads value tiles a tile ahead (H200: 9 % faster at W = T = 8192, 1 % at
+    W = 512, 4 % slower at W = 64, where the tiles past the last one it loads are a third of its
+    window's loads; BENCHMARKS.md)."""
+    return "attend_long" if "attend_long" in plan and window >= LONG_WINDOW_CHUNKS * CHUNK_SIZE else "attend"
 
 
 def decode_kernel(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,

@@ -14,7 +14,7 @@ from torch import Tensor
 from nha_tvm.schedules import CHUNK_SIZE
 
 from .compiler import get_kernel
-from .kernel_plan import decode_kernel, prefill_kernels
+from .kernel_plan import attend_role, decode_kernel, prefill_kernels
 from .targets import arch_name
 from .validation import dtype_name
 
@@ -108,7 +108,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         kernel("state", window=window)(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v,
                                        chunk_k, chunk_v, hk, hv, window)
         gates = g3
-    kernel("attend", window=window)(q3, q_rot, k3, k_rot, v3, gates, s3, cu_seqlens,
+    kernel(attend_role(plan, window), window=window)(q3, q_rot, k3, k_rot, v3, gates, s3, cu_seqlens,
                                     chunk_offsets, chunk_seq, chunk_k, chunk_v,
                                     o.view(total, HQ, V), window, scale)
     return o, hk, hv

@@ -15,7 +15,8 @@ from tvm.tirx.build import split_host_device_mods
 
 from nha_tvm.compiler import build
 from nha_tvm.kernels import KERNELS as DEFINITIONS
-from nha_tvm.kernel_plan import decode_kernel, launchable
+from nha_tvm.kernel_plan import LONG_WINDOW_CHUNKS, attend_role, decode_kernel, launchable, prefill_kernels
+from nha_tvm.schedules import CHUNK_SIZE
 from nha_tvm.kernels.cuda.chunk_attend import key_value_bytes, key_value_scope, shared_bytes, tile_layout
 from nha_tvm.schedules import default_schedule, rule_for
 from nha_tvm.targets import target_for
@@ -34,6 +35,7 @@ KERNELS = [
     ("chunk_state_fused", dict(H=8, K=128, V=128, M=64, C=64, kv_dtype="bfloat16", gate_dtype="float32",
                                state_dtype="bfloat16")),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32")),
+    ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32", values_ahead=True)),
     ("chunk_attend_cuda", dict(HQ=4, H=2, K=16, V=24, M=8, C=64, io_dtype="float32", gate_dtype="float32")),
     ("decode_step_cuda", dict(SHAPES, io_dtype="bfloat16", gate_dtype="float32")),
     ("decode_step_cuda", dict(HQ=4, H=2, K=32, V=16, M=16, io_dtype="float32", gate_dtype="float32")),
@@ -116,3 +118,17 @@ def test_launch_rule_of_tvms_cuda_runtime():
     shape = dict(H=4, K=128, V=128, io_dtype="bfloat16", gate_dtype="float32", arch="sm_90")
     assert decode_kernel(HQ=8, M=32, **shape)[0] == "decode_step"
     assert decode_kernel(HQ=4, M=64, **shape)[0] == "decode_step_cuda"
+
+
+def test_long_windows_take_the_output_pass_with_values_ahead():
+    """The tensor-core output pass has a variant for long windows (the same kernel with
+    values_ahead); the float32 one and the portable plan have none."""
+    sizes = dict(HQ=4, H=2, K=64, V=64, M=16, gate_dtype="float32", arch="sm_90")
+    plan = prefill_kernels(io_dtype="bfloat16", **sizes)
+    long_window = LONG_WINDOW_CHUNKS * CHUNK_SIZE
+    assert plan["attend_long"] == ("chunk_attend_cuda", dict(plan["attend"][1], values_ahead=True))
+    assert [attend_role(plan, w) for w in (0, 64, long_window - 1, long_window, 10**6)] == \
+        ["attend", "attend", "attend", "attend_long", "attend_long"]
+    for io, arch in (("float32", "sm_90"), ("bfloat16", "cpu")):
+        plan = prefill_kernels(io_dtype=io, **dict(sizes, arch=arch))
+        assert "attend_long" not in plan and attend_role(plan, 10**6) == "attend"

@@ -48,9 +48,10 @@ def test_gqa_kv_dims_rope(device, dtype, tol, rope, W):
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
 @pytest.mark.parametrize("K,V,M", [(64, 64, 32), (128, 128, 64)])
-@pytest.mark.parametrize("W", [0, 64, 200])
+@pytest.mark.parametrize("W", [0, 64, 200, 280])
 def test_head_dims_of_real_models(device, dtype, tol, K, V, M, W):
-    """Head and slot sizes of real models (on GPUs the 16-bit cases take the tensor-core path)."""
+    """Head and slot sizes of real models (on GPUs the 16-bit cases take the tensor-core path;
+    W = 280, past kernel_plan.LONG_WINDOW_CHUNKS chunks, its variant for long windows)."""
     check(device, dtype, tol, B=2, T=300, HQ=4, H=2, K=K, V=V, M=M, W=W, rope=10000.0)
 
 

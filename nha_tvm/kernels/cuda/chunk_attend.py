@@ -238,12 +238,14 @@ def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
 
 
 def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: str,
-                 gate_dtype: str):
+                 gate_dtype: str, values_ahead: bool = False):
     """Arguments: q, q_rot [total, HQ, K] (q_rot = q with RoPE, or q itself), k, k_rot
     [total, H, K], v [total, H, V], gcum (float32 gate prefix sums inside
     chunks) and s [total, H, M], cu_seqlens and chunk_offsets [N + 1], chunk_seq [NC],
     chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (chunk-start states, in ``state_dtype``),
-    the output o [total, HQ, V], then the window W and the softmax scale."""
+    the output o [total, HQ, V], then the window W and the softmax scale. ``values_ahead``:
+    the window loop loads each value tile a tile ahead in registers of its own (for long
+    windows, ``kernel_plan.attend_role``)."""
     assert C % TY == 0 and C % TX == 0, "the chunk must be a multiple of 16 tokens"
     lay = tile_layout(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
     tensor_cores, key_dtype, slots_tc = lay["tensor_cores"], lay["key_dtype"], lay["slots_tc"]
@@ -387,9 +389,10 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     row_decay = T.sblock_alloc_buffer((1,), "float32", scope="local")
                     pe_vals = T.sblock_alloc_buffer((rows, cols_m), "float32", scope="local")
                     # a thread's share of a [C, K or V] tile in 16-byte vectors (tensor cores)
-                    stage_vec = T.sblock_alloc_buffer((vector_registers(C, max(K, V), VEC),) if tensor_cores else (1,), io_dtype, scope="local")
+                    # (key_vec takes value tiles too, unless they are loaded ahead into value_vec)
+                    key_vec = T.sblock_alloc_buffer((vector_registers(C, max(K, V), VEC),) if tensor_cores else (1,), io_dtype, scope="local")
+                    value_vec = T.sblock_alloc_buffer((vector_registers(C, V, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
                     q_vec = T.sblock_alloc_buffer((vector_registers(C, K, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
-                    k_vec = T.sblock_alloc_buffer((vector_registers(C, K, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
                     g_vec = T.sblock_alloc_buffer((vector_registers(C, M, g_lanes),), "float32", scope="local")
                     s_vec = T.sblock_alloc_buffer((vector_registers(C, M, s_lanes),), gate_dtype, scope="local")
                     state_vec = T.sblock_alloc_buffer((max(vector_registers(K, M, VEC), vector_registers(M, V, VEC)),) if slots_tc else (1,),
@@ -418,16 +421,16 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     # loads go out before the first store, so the block waits for one latency)
                     if tensor_cores:
                         load_rows(q_vec, C, q, start + p0, hq, K, total, tid)
-                        load_rows(k_vec, C, k, start + p0 - window, h, K, total, tid)
-                        load_rows(stage_vec, C, v, start + p0 - window, h, V, total, tid)
+                        load_rows(key_vec, C, k, start + p0 - window, h, K, total, tid)
+                        load_rows(value_vec, C, v, start + p0 - window, h, V, total, tid)
                     load_vectors(g_vec, g_lanes, C, gcum, start + p0, h, M, total, tid)
                     load_vectors(s_vec, s_lanes, C, s, start + p0 - window, h, M, total, tid)
                     if slots_tc:
                         load_state_rows(state_vec, chunk_k, c, h, K, M, tid)
                     if tensor_cores:
                         store_rows(qs, q_row, C, q_vec, K, 0, valid, tid)
-                        store_rows(ks, key_row, C, k_vec, K, window - p0, valid, tid)
-                        store_rows(vs, v_row, C, stage_vec, V, window - p0, valid, tid)
+                        store_rows(ks, key_row, C, key_vec, K, window - p0, valid, tid)
+                        store_rows(vs, v_row, C, value_vec, V, window - p0, valid, tid)
                     else:
                         for j in T.unroll(ceil_div(C * K, THREADS)):
                             r: T.let[T.int32] = T.min(j * THREADS + tid, C * K - 1) // K
@@ -628,9 +631,12 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                         store_rows(state16, v_row, M, state_vec, V, 0, M, tid)
                     lo: T.let[T.int32] = T.max(0, p0 - window + 1)  # first window key any row can see
                     if tensor_cores:
-                        # the window's Q (RoPE'd) and first key tile: loads in flight over the read-out
+                        # the window's Q (RoPE'd) and first key tile (and value tile, when values
+                        # go ahead): loads in flight over the read-out
                         load_rows(q_vec, C, qr, start + p0, hq, K, total, tid)
-                        load_rows(stage_vec, C, kr, start + lo, h, K, total, tid)
+                        load_rows(key_vec, C, kr, start + lo, h, K, total, tid)
+                        if values_ahead:
+                            load_rows(value_vec, C, v, start + lo, h, V, total, tid)
                     # O = (P exp(G)) R_c + X v' (on tensor cores one sum of two matmuls)
                     if slots_tc:
                         warp_matmul(tid, fa, fb, fc, product, prod_row, pw, pw_row, state16, v_row, "row_major", C // 16, V // 16, M // 16,
@@ -678,9 +684,13 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             row_stats[ty + TY * a] = row_max[a]  # every lane of the row: the same value
                             row_stats[C + ty + TY * a] = row_sum[a]
                         store_rows(qs, q_row, C, q_vec, K, 0, valid, tid)
-                        # each tile's loads go out a phase ahead of their use: the first key
-                        # tile's with Q's (above), a value tile's before Q K^T and the softmax,
-                        # the next key tile's before P V (one register buffer, always in flight)
+                        # each tile's loads go out ahead of their use (the first key tile's with
+                        # Q's, above). One register buffer, always in flight: a value tile's
+                        # before Q K^T and the softmax, the next key tile's before P V. With
+                        # values_ahead (long windows) a second: the next key tile's over Q K^T,
+                        # the softmax and P V, the next value tile's over P V and the next
+                        # tile's Q K^T and softmax (the last tile's next loads are wasted, and
+                        # a branch around them lost the gain: BENCHMARKS.md)
                         # the warp's rows of Q stay in registers as A fragments for every key tile
                         for kk in T.unroll(K // 16):
                             load_a(tid, fq, FRAG_A * kk, qs, q_row, 16 * tile_row(tid, C // 16, C // 16) * q_row + 16 * kk)
@@ -698,8 +708,11 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                         product[win_row(tid, e % 4 // 2) * prod_row + 16 * nt + acc_col(tid, e // 4, e % 4)],
                                         T.float32(0))
                         for kt in T.serial(key_tile_count(window, valid, p0, lo)):
-                            store_rows(ks, key_row, C, stage_vec, K, 0, p0 + valid - lo - kt * C, tid)
-                            load_rows(stage_vec, C, v, start + lo + kt * C, h, V, total, tid)
+                            store_rows(ks, key_row, C, key_vec, K, 0, p0 + valid - lo - kt * C, tid)
+                            if values_ahead:
+                                load_rows(key_vec, C, kr, start + lo + (kt + 1) * C, h, K, total, tid)
+                            else:
+                                load_rows(key_vec, C, v, start + lo + kt * C, h, V, total, tid)
                             # S = Q K^T of the warp's tiles, left in the accumulators
                             for e in T.unroll(FRAG_C * key_tiles):
                                 fc[e] = T.float32(0)
@@ -737,8 +750,12 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                             for nt in T.unroll(V // 16):
                                 for e in T.unroll(FRAG_C):
                                     wo[FRAG_C * nt + e] = wo[FRAG_C * nt + e] * w_scale[e % 4 // 2]
-                            store_rows(vs, v_row, C, stage_vec, V, 0, p0 + valid - lo - kt * C, tid)
-                            load_rows(stage_vec, C, kr, start + lo + (kt + 1) * C, h, K, total, tid)
+                            if values_ahead:
+                                store_rows(vs, v_row, C, value_vec, V, 0, p0 + valid - lo - kt * C, tid)
+                                load_rows(value_vec, C, v, start + lo + (kt + 1) * C, h, V, total, tid)
+                            else:
+                                store_rows(vs, v_row, C, key_vec, V, 0, p0 + valid - lo - kt * C, tid)
+                                load_rows(key_vec, C, kr, start + lo + (kt + 1) * C, h, K, total, tid)
                             # wo += P V over the warp's keys
                             for f in T.unroll(key_tiles):
                                 for nt in T.unroll(V // 16):
