@@ -26,6 +26,7 @@ from .kernels.cuda.chunk_attend import shared_bytes, state_dtype, uses_tensor_co
 from .kernels.cuda.chunk_state_fused import fused_state_applies
 from .kernels.cuda.decode_step import decode_step_cuda
 from .kernels.cuda.layout import STATIC_SHARED_LIMIT, ceil_div
+from .kernels.cuda.rope_rows import rotates_in_registers
 from .targets import max_shared_bytes
 
 log = logging.getLogger(__name__)
@@ -78,14 +79,18 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
             "state_scan": ("chunk_state_scan", dict(H=H, K=K, V=V, M=M, C=C, state_dtype=start_dtype)),
         }
     attend = dict(HQ=HQ, H=H, K=K, V=V, M=M, C=C, io_dtype=io_dtype, gate_dtype=gate_dtype)
+    tensor_cores = uses_tensor_cores(K=K, V=V, C=C, io_dtype=io_dtype)
+    # short windows rotate their few key tiles as they stage them (no RoPE kernels, no rotated
+    # copies of q and k); long ones would rotate each key tile once per query chunk, and take
+    # the copies the RoPE kernels write (one sin / cos per token and pair for all heads)
+    rope_inside = tensor_cores and rotates_in_registers(width=K, rows=C)
     return {
         **layout,
         "gates": ("chunk_gate_cumsum", dict(H=H, M=M, C=C, gate_dtype=gate_dtype)),
         **states,
         **rope,
-        "attend": ("chunk_attend_cuda", attend),
-        **({"attend_long": ("chunk_attend_cuda", dict(attend, values_ahead=True))}
-           if uses_tensor_cores(K=K, V=V, C=C, io_dtype=io_dtype) else {}),
+        "attend": ("chunk_attend_cuda", dict(attend, rope_inside=True) if rope_inside else attend),
+        **({"attend_long": ("chunk_attend_cuda", dict(attend, values_ahead=True))} if tensor_cores else {}),
     }
 
 
@@ -93,7 +98,8 @@ def attend_role(plan: dict, window: int) -> str:
     """The plan's output pass for ``window``: from LONG_WINDOW_CHUNKS chunks on, the variant
     whose window loop loads value tiles a tile ahead (H200: 9 % faster at W = T = 8192, 1 % at
     W = 512, 4 % slower at W = 64, where the tiles past the last one it loads are a third of its
-    window's loads; BENCHMARKS.md)."""
+    window's loads; BENCHMARKS.md) and reads RoPE'd copies of q and k (rotating each key tile
+    once per query chunk would cost more than the RoPE kernels at such windows)."""
     return "attend_long" if "attend_long" in plan and window >= LONG_WINDOW_CHUNKS * CHUNK_SIZE else "attend"
 
 

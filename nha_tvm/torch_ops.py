@@ -82,7 +82,9 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
     chunk_offsets, chunk_seq, positions = (new_output(n, dtype=torch.int32, device=dev)
                                            for n in (N + 1, num_chunks, total))
     kernel("layout")(cu_seqlens, chunk_offsets, chunk_seq, positions)
-    if rope_theta is not None:
+    attend = attend_role(plan, window)
+    rope_inside = plan[attend][1].get("rope_inside", False)  # the output pass rotates q and k itself
+    if rope_theta is not None and not rope_inside:
         q_rot = new_output(total, HQ, K, dtype=q.dtype, device=dev)
         k_rot = new_output(total, H, K, dtype=q.dtype, device=dev)
         kernel("rope_q")(q3, positions, q_rot, rope_theta)
@@ -108,9 +110,11 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         kernel("state", window=window)(k3, v3, g3, s3, cu_seqlens, chunk_offsets, h0k, h0v,
                                        chunk_k, chunk_v, hk, hv, window)
         gates = g3
-    kernel(attend_role(plan, window), window=window)(q3, q_rot, k3, k_rot, v3, gates, s3, cu_seqlens,
-                                    chunk_offsets, chunk_seq, chunk_k, chunk_v,
-                                    o.view(total, HQ, V), window, scale)
+    # the chunked output pass takes RoPE's flag and theta too (used where it rotates itself)
+    rope_args = (int(rope_inside and rope_theta is not None), rope_theta or 1.0) if chunked else ()
+    kernel(attend, window=window)(q3, q_rot, k3, k_rot, v3, gates, s3, cu_seqlens, chunk_offsets,
+                                  chunk_seq, chunk_k, chunk_v, o.view(total, HQ, V), window, scale,
+                                  *rope_args)
     return o, hk, hv
 
 

@@ -36,6 +36,7 @@ KERNELS = [
                                state_dtype="bfloat16")),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32")),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32", values_ahead=True)),
+    ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32", rope_inside=True)),
     ("chunk_attend_cuda", dict(HQ=4, H=2, K=16, V=24, M=8, C=64, io_dtype="float32", gate_dtype="float32")),
     ("decode_step_cuda", dict(SHAPES, io_dtype="bfloat16", gate_dtype="float32")),
     ("decode_step_cuda", dict(HQ=4, H=2, K=32, V=16, M=16, io_dtype="float32", gate_dtype="float32")),
@@ -122,11 +123,14 @@ def test_launch_rule_of_tvms_cuda_runtime():
 
 def test_long_windows_take_the_output_pass_with_values_ahead():
     """The tensor-core output pass has a variant for long windows (the same kernel with
-    values_ahead); the float32 one and the portable plan have none."""
+    values_ahead, and RoPE from the RoPE kernels where the short one rotates q and k itself);
+    the float32 one and the portable plan have none."""
     sizes = dict(HQ=4, H=2, K=64, V=64, M=16, gate_dtype="float32", arch="sm_90")
     plan = prefill_kernels(io_dtype="bfloat16", **sizes)
     long_window = LONG_WINDOW_CHUNKS * CHUNK_SIZE
-    assert plan["attend_long"] == ("chunk_attend_cuda", dict(plan["attend"][1], values_ahead=True))
+    short = dict(plan["attend"][1])
+    assert plan["attend"][0] == plan["attend_long"][0] == "chunk_attend_cuda" and short.pop("rope_inside")
+    assert plan["attend_long"][1] == dict(short, values_ahead=True)
     assert [attend_role(plan, w) for w in (0, 64, long_window - 1, long_window, 10**6)] == \
         ["attend", "attend", "attend", "attend_long", "attend_long"]
     for io, arch in (("float32", "sm_90"), ("bfloat16", "cpu")):

@@ -47,6 +47,14 @@ def test_gqa_kv_dims_rope(device, dtype, tol, rope, W):
 
 
 @pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
+@pytest.mark.parametrize("W", [64, 280])
+def test_head_dims_of_real_models_without_rope(device, dtype, tol, W):
+    """Without RoPE too (the output pass for short windows rotates q and k itself when RoPE
+    is on, the one for long windows reads the RoPE kernels' copies)."""
+    check(device, dtype, tol, B=2, T=300, HQ=4, H=2, K=64, V=64, M=32, W=W)
+
+
+@pytest.mark.parametrize("device,dtype,tol", DEVICE_CASES)
 @pytest.mark.parametrize("K,V,M", [(64, 64, 32), (128, 128, 64)])
 @pytest.mark.parametrize("W", [0, 64, 200, 280])
 def test_head_dims_of_real_models(device, dtype, tol, K, V, M, W):

@@ -51,6 +51,7 @@ import operator
 from tvm.script import tirx as T
 
 from .layout import LOG2_TX, STATIC_SHARED_LIMIT, THREADS, TX, TY, WARPS, ceil_div
+from .rope_rows import rotate_rows, rotates_in_registers
 from .staging import (VEC, load_rows, load_state_rows, load_vectors, store_padded_rows, store_rows,
                       vector_lanes, vector_registers)
 from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, deals_by_rows,
@@ -238,17 +239,21 @@ def shared_bytes(*, K: int, V: int, M: int, C: int, io_dtype: str) -> int:
 
 
 def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: str,
-                 gate_dtype: str, values_ahead: bool = False):
+                 gate_dtype: str, values_ahead: bool = False, rope_inside: bool = False):
     """Arguments: q, q_rot [total, HQ, K] (q_rot = q with RoPE, or q itself), k, k_rot
     [total, H, K], v [total, H, V], gcum (float32 gate prefix sums inside
     chunks) and s [total, H, M], cu_seqlens and chunk_offsets [N + 1], chunk_seq [NC],
     chunk_k [NC, H, K, M] and chunk_v [NC, H, M, V] (chunk-start states, in ``state_dtype``),
-    the output o [total, HQ, V], then the window W and the softmax scale. ``values_ahead``:
-    the window loop loads each value tile a tile ahead in registers of its own (for long
-    windows, ``kernel_plan.attend_role``)."""
+    the output o [total, HQ, V], then the window W, the softmax scale, and RoPE's flag and
+    base theta. ``values_ahead``: the window loop loads each value tile a tile ahead in
+    registers of its own (for long windows, ``kernel_plan.attend_role``). ``rope_inside``:
+    q_rot and k_rot are q and k, rotated here as they are staged when the flag is set (without
+    it the flag and theta are unused: q_rot and k_rot come rotated or RoPE is off)."""
     assert C % TY == 0 and C % TX == 0, "the chunk must be a multiple of 16 tokens"
     lay = tile_layout(K=K, V=V, M=M, C=C, io_dtype=io_dtype)
     tensor_cores, key_dtype, slots_tc = lay["tensor_cores"], lay["key_dtype"], lay["slots_tc"]
+    assert not rope_inside or (tensor_cores and rotates_in_registers(width=K, rows=C)), \
+        "RoPE inside the output pass needs its tensor-core staging, rows of K inside a warp"
     key_row, q_row, v_row, x_row = lay["key_row"], lay["q_row"], lay["v_row"], lay["x_row"]
     w_row, prod_row = max(lay["w_row"], 1), max(lay["prod_row"], 1)
     s_row, pw_row = max(lay["s_row"], 1), max(lay["pw_row"], 1)
@@ -305,7 +310,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
         q_h: T.handle, qr_h: T.handle, k_h: T.handle, kr_h: T.handle, v_h: T.handle,
         gcum_h: T.handle, s_h: T.handle, cu_h: T.handle, choff_h: T.handle, chseq_h: T.handle,
         chunk_k_h: T.handle, chunk_v_h: T.handle, o_h: T.handle,
-        window: T.int32, scale: T.float32,
+        window: T.int32, scale: T.float32, rope: T.int32, theta: T.float32,
     ):
         T.func_attr({"global_symbol": "chunk_attend_cuda", "tirx.noalias": True,
                      "nha.kernel": "chunk_attend_cuda"})
@@ -393,6 +398,7 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     key_vec = T.sblock_alloc_buffer((vector_registers(C, max(K, V), VEC),) if tensor_cores else (1,), io_dtype, scope="local")
                     value_vec = T.sblock_alloc_buffer((vector_registers(C, V, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
                     q_vec = T.sblock_alloc_buffer((vector_registers(C, K, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
+                    partner = T.sblock_alloc_buffer((VEC,) if rope_inside else (1,), "float32", scope="local")
                     g_vec = T.sblock_alloc_buffer((vector_registers(C, M, g_lanes),), "float32", scope="local")
                     s_vec = T.sblock_alloc_buffer((vector_registers(C, M, s_lanes),), gate_dtype, scope="local")
                     state_vec = T.sblock_alloc_buffer((max(vector_registers(K, M, VEC), vector_registers(M, V, VEC)),) if slots_tc else (1,),
@@ -683,6 +689,9 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                     product[(ty + TY * a) * prod_row + tx + TX * b] = acc_v[a, b]
                             row_stats[ty + TY * a] = row_max[a]  # every lane of the row: the same value
                             row_stats[C + ty + TY * a] = row_sum[a]
+                        if rope_inside:
+                            if rope != 0 and key_tile_count(window, valid, p0, lo) > 0:  # (block-uniform)
+                                rotate_rows(q_vec, partner, C, K, p0, theta, tid)
                         store_rows(qs, q_row, C, q_vec, K, 0, valid, tid)
                         # each tile's loads go out ahead of their use (the first key tile's with
                         # Q's, above). One register buffer, always in flight: a value tile's
@@ -708,6 +717,9 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                                         product[win_row(tid, e % 4 // 2) * prod_row + 16 * nt + acc_col(tid, e // 4, e % 4)],
                                         T.float32(0))
                         for kt in T.serial(key_tile_count(window, valid, p0, lo)):
+                            if rope_inside:
+                                if rope != 0:
+                                    rotate_rows(key_vec, partner, C, K, lo + kt * C, theta, tid)
                             store_rows(ks, key_row, C, key_vec, K, 0, p0 + valid - lo - kt * C, tid)
                             if values_ahead:
                                 load_rows(key_vec, C, kr, start + lo + (kt + 1) * C, h, K, total, tid)
