@@ -23,7 +23,7 @@ from tvm.s_tir import Schedule
 from nha_tvm.schedules import CHUNK_SIZE
 
 from .kernels.cuda.chunk_attend import shared_bytes, state_dtype, uses_tensor_cores
-from .kernels.cuda.chunk_state_fused import fused_state_applies
+from .kernels.cuda.chunk_state_fused import fused_state_applies, fused_state_blocks
 from .kernels.cuda.decode_step import decode_step_cuda
 from .kernels.cuda.layout import STATIC_SHARED_LIMIT, ceil_div
 from .kernels.cuda.rope_rows import rotates_in_registers
@@ -70,8 +70,9 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
     # where the output pass reads 16-bit chunk-start states (its slots on tensor cores, e.g.
     # not M = 16 or 48): the fused pass has not run with float32 ones
     if fused_state_applies(K=K, V=V, M=M, kv_dtype=io_dtype) and start_dtype == io_dtype:
-        states = {"state_fused": ("chunk_state_fused", dict(
-            H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype, gate_dtype=gate_dtype, state_dtype=start_dtype))}
+        fused = dict(H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype, gate_dtype=gate_dtype, state_dtype=start_dtype)
+        states = {"state_fused": ("chunk_state_fused", fused),
+                  "state_fused_wide": ("chunk_state_fused", dict(fused, blocks_per_sm=2))}
     else:
         states = {
             "state_delta": ("chunk_state_delta", dict(H=H, K=K, V=V, M=M, C=C, kv_dtype=io_dtype,
@@ -101,6 +102,15 @@ def attend_role(plan: dict, window: int) -> str:
     window's loads; BENCHMARKS.md) and reads RoPE'd copies of q and k (rotating each key tile
     once per query chunk would cost more than the RoPE kernels at such windows)."""
     return "attend_long" if "attend_long" in plan and window >= LONG_WINDOW_CHUNKS * CHUNK_SIZE else "attend"
+
+
+def state_fused_role(plan: dict, *, N: int, H: int, M: int, sms: int) -> str:
+    """The fused state pass for a batch of N sequences on a GPU of ``sms`` SMs: where its blocks
+    fill two waves of two blocks per SM or more, the variant with launch bounds of two blocks
+    per SM (H200: 7 % faster at B = 8, T = 4096, H = 16, M = 64; 19 % slower at B = 1, where
+    its 128 blocks have no SM to share; BENCHMARKS.md)."""
+    wide = fused_state_blocks(N=N, H=H, M=M) >= 4 * sms
+    return "state_fused_wide" if wide and "state_fused_wide" in plan else "state_fused"
 
 
 def decode_kernel(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,

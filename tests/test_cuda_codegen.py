@@ -15,7 +15,8 @@ from tvm.tirx.build import split_host_device_mods
 
 from nha_tvm.compiler import build
 from nha_tvm.kernels import KERNELS as DEFINITIONS
-from nha_tvm.kernel_plan import LONG_WINDOW_CHUNKS, attend_role, decode_kernel, launchable, prefill_kernels
+from nha_tvm.kernel_plan import (LONG_WINDOW_CHUNKS, attend_role, decode_kernel, launchable, prefill_kernels,
+                                  state_fused_role)
 from nha_tvm.schedules import CHUNK_SIZE
 from nha_tvm.kernels.cuda.chunk_attend import key_value_bytes, key_value_scope, shared_bytes, tile_layout
 from nha_tvm.schedules import default_schedule, rule_for
@@ -34,6 +35,8 @@ KERNELS = [
     ("chunk_state_scan", dict(H=8, K=128, V=128, M=64, C=64, state_dtype="bfloat16")),
     ("chunk_state_fused", dict(H=8, K=128, V=128, M=64, C=64, kv_dtype="bfloat16", gate_dtype="float32",
                                state_dtype="bfloat16")),
+    ("chunk_state_fused", dict(H=8, K=128, V=128, M=64, C=64, kv_dtype="bfloat16", gate_dtype="float32",
+                               state_dtype="bfloat16", blocks_per_sm=2)),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32")),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32", values_ahead=True)),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32", rope_inside=True)),
@@ -136,3 +139,17 @@ def test_long_windows_take_the_output_pass_with_values_ahead():
     for io, arch in (("float32", "sm_90"), ("bfloat16", "cpu")):
         plan = prefill_kernels(io_dtype=io, **dict(sizes, arch=arch))
         assert "attend_long" not in plan and attend_role(plan, 10**6) == "attend"
+
+
+def test_big_batches_take_the_fused_state_pass_with_launch_bounds():
+    """The fused state pass's variant with launch bounds of two blocks per SM: in the plan
+    beside the plain one, taken from two waves of two blocks per SM (132 SMs: 528 blocks, B = 5
+    at H = 16, M = 64), and compiled with the bounds (the plain one with none: ptxas treats an
+    explicit minimum of one block differently)."""
+    sizes = dict(HQ=16, H=16, K=128, V=128, M=64, io_dtype="bfloat16", gate_dtype="float32", arch="sm_90")
+    plan = prefill_kernels(**sizes)
+    assert plan["state_fused_wide"] == ("chunk_state_fused", dict(plan["state_fused"][1], blocks_per_sm=2))
+    assert [state_fused_role(plan, N=n, H=16, M=64, sms=132) for n in (1, 4, 5, 8)] == \
+        ["state_fused", "state_fused", "state_fused_wide", "state_fused_wide"]
+    sources = [build(*plan[role], "sm_90").mod.imports[0].inspect_source() for role in ("state_fused", "state_fused_wide")]
+    assert "__launch_bounds__(256)" in sources[0] and "__launch_bounds__(256, 2)" in sources[1]

@@ -42,6 +42,18 @@ def test_varlen_states_at_model_head_sizes(device, dtype, tol, M, W):
     walking its sequence's chunks in pairs): sequences shorter than, equal to and longer than a
     chunk, an odd and an even number of chunks, an empty one, from initial states; the final
     states and the output against the reference."""
+    check_varlen_states(device, dtype, tol, M, W)
+
+
+@pytest.mark.parametrize("device,dtype,tol", [c for c in DEVICE_CASES if c.id == "cuda-bf16"])
+def test_varlen_states_with_the_wide_fused_state_pass(monkeypatch, device, dtype, tol):
+    """The same with the fused state pass's variant for big batches (launch bounds of two
+    blocks per SM) taken whatever the batch (the fused pass runs in bfloat16)."""
+    monkeypatch.setattr(nha_tvm.torch_ops, "state_fused_role", lambda plan, **sizes: "state_fused_wide")
+    check_varlen_states(device, dtype, tol, 64, 100)
+
+
+def check_varlen_states(device, dtype, tol, M, W):
     lens = [1, 64, 65, 200, 0, 150]
     cu = torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=device)
     q, k, v, g, _ = make_inputs(1, sum(lens), 2, 2, 128, 128, M, device=device, dtype=dtype)

@@ -36,13 +36,19 @@ def fused_state_applies(*, K: int, V: int, M: int, kv_dtype: str) -> bool:
     return kv_dtype == "bfloat16" and K == V == 16 * WARPS and M % SLOTS == 0
 
 
+def fused_state_blocks(*, N: int, H: int, M: int) -> int:
+    """Blocks of a launch: one per sequence, kv head, state tile of SLOTS slots, keys or values."""
+    return N * H * (M // SLOTS) * 2
+
+
 def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, gate_dtype: str,
-                      state_dtype: str):
+                      state_dtype: str, blocks_per_sm: int = 1):
     """Arguments: k [total, H, K], v [total, H, V], s [total, H, M], gcum [total, H, M] (float32
     gate prefix sums inside chunks), cu_seqlens and chunk_offsets [N + 1], h0k [N, H, K, M],
     h0v [N, H, M, V] (float32 initial states), the outputs start_k [NC, H, K, M] and start_v
     [NC, H, M, V] (chunk-start states, ``state_dtype``), hk [N, H, K, M] and hv [N, H, M, V]
-    (float32 final states), then the window W."""
+    (float32 final states), then the window W. ``blocks_per_sm``: the launch bounds' blocks
+    per SM (2: at most 128 registers a thread, for batches with blocks to share an SM)."""
     if not fused_state_applies(K=K, V=V, M=M, kv_dtype=kv_dtype):
         raise ValueError(f"chunk_state_fused does not take K={K}, V={V}, M={M}, {kv_dtype}")
     assert C % 16 == 0, "the chunk must be whole 16-token k steps"
@@ -162,6 +168,8 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
 
         for bx in T.thread_binding(N * H * tiles * 2, thread="blockIdx.x"):
             for tid in T.thread_binding(THREADS, thread="threadIdx.x"):
+                if blocks_per_sm > 1:  # (no attribute at all by default: ptxas takes an explicit 1 otherwise)
+                    T.attr({"tirx.launch_bounds_min_blocks_per_sm": blocks_per_sm})
                 with T.sblock("state_fused"):
                     T.reads(k[0:total, 0:H, 0:K], v[0:total, 0:H, 0:V], s[0:total, 0:H, 0:M],
                             gcum[0:total, 0:H, 0:M], cu[0:N + 1], choff[0:N + 1],
