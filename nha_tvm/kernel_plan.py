@@ -50,8 +50,8 @@ def prefill_algorithm(*, arch: str, K: int, V: int, M: int, io_dtype: str) -> st
 def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
                     gate_dtype: str, arch: str) -> dict[str, tuple[str, dict]]:
     """Role -> (kernel, static params) for a prefill on ``arch``. Both algorithms start with
-    the index tables of the packed batch (``chunk_layout``); RoPE of the queries and of the keys
-    is used when RoPE is on."""
+    the index tables of the packed batch (``chunk_layout``); the RoPE kernels rotate the queries
+    and the keys when RoPE is on and the output pass does not rotate them itself (``rope_inside``)."""
     C = CHUNK_SIZE
     layout = {"layout": ("chunk_layout", dict(C=C))}
     rope = {"rope_q": ("rope", dict(heads=HQ, K=K, io_dtype=io_dtype)),
