@@ -6,6 +6,7 @@ time), so the test hands that source to nvcc itself and checks that an sm_90 cub
 
 import re
 import shutil
+import subprocess
 
 import pytest
 import tvm
@@ -73,6 +74,24 @@ def test_cuda_kernel_compiles_with_nvcc_for_sm90(kernel, params, tmp_path):
     path = tmp_path / f"{kernel}.so"
     executable.export_library(str(path))
     assert path.stat().st_size > 10_000
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_benchmark_shape_kernels_stay_in_registers(tmp_path):
+    """ptxas keeps every CUDA kernel of the benchmark's shapes (bf16, K = V = 128, M = 64; all
+    prefill roles, decode) in registers, with TVM's nvcc flags: a change that spills to local
+    memory slows them down (BENCHMARKS.md) and would otherwise pass every other test here."""
+    sizes = dict(HQ=16, H=16, K=128, V=128, M=64, io_dtype="bfloat16", gate_dtype="float32", arch="sm_90")
+    kernels = [*prefill_kernels(**sizes).items(), ("decode", decode_kernel(**sizes))]
+    assert any(name == "chunk_attend_cuda" for _, (name, _) in kernels)
+    for role, (name, params) in kernels:
+        source = tmp_path / f"{role}.cu"
+        source.write_text(build(name, params, "sm_90").mod.imports[0].inspect_source())
+        report = subprocess.run(["nvcc", "-cubin", "-arch=sm_90", "-O3", "--use_fast_math", "-Xptxas", "-v",
+                                 str(source), "-o", str(tmp_path / f"{role}.cubin")],
+                                capture_output=True, text=True, check=True).stderr
+        spills = [int(n) for n in re.findall(r"(\d+) bytes spill stores", report)]
+        assert spills and not any(spills), f"{role} ({name}) spills: {report}"
 
 
 def lowered_shared_bytes(kernel, params) -> dict:
