@@ -35,13 +35,27 @@ def _cuda_arch(index: int) -> str:
     return f"sm_{major}{minor}"
 
 
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def arch_name(device: torch.device) -> str:
     """``cpu`` or ``sm_XY``: the folder name of tuning logs and the arch part of cache keys."""
     if device.type == "cpu":
         return "cpu"
     if device.type == "cuda":
-        return _cuda_arch(device.index if device.index is not None else torch.cuda.current_device())
+        return _cuda_arch(_cuda_index(device))
     raise ValueError(f"unsupported device {device}: nha_tvm runs on cpu and cuda")
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """The SMs of a CUDA device (asked once per device: prefill reads it on every call)."""
+    return _cuda_sms(_cuda_index(device))
 
 
 # Dynamic shared memory one thread block may opt into, by compute capability (CUDA guide,

@@ -15,7 +15,7 @@ from nha_tvm.schedules import CHUNK_SIZE
 
 from .compiler import get_kernel
 from .kernel_plan import attend_role, decode_kernel, prefill_kernels, state_fused_role
-from .targets import arch_name
+from .targets import arch_name, sm_count
 from .validation import dtype_name
 
 def new_output(*shape, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -96,8 +96,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, s3, window,
                                        int(s is None))
         if state_role == "state_fused":
-            sms = torch.cuda.get_device_properties(dev).multi_processor_count
-            kernel(state_fused_role(plan, N=N, H=H, M=M, sms=sms), window=window)(
+            kernel(state_fused_role(plan, N=N, H=H, M=M, sms=sm_count(dev)), window=window)(
                 k3, v3, s3, gcum, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv, window)
         else:
             delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)
