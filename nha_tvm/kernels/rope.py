@@ -7,6 +7,13 @@ x'[i] = x[i] cos - x[i + K/2] sin and x'[i + K/2] = x[i + K/2] cos + x[i] sin.
 from tvm.script import tirx as T
 
 
+def rope_angle(position, pair, K: int, theta):
+    """The float32 angle of rotation pair ``pair`` at ``position``: position * theta^(-2 pair / K),
+    the power as 2^(-2 pair / K log2 theta). The output pass's in-register RoPE
+    (``cuda/rope_rows.py``) uses it too, so that both rotate to the same bits."""
+    return T.Cast("float32", position) * T.exp2(T.Cast("float32", -2 * pair) / T.float32(K) * T.log2(theta))
+
+
 def rope(*, heads: int, K: int, io_dtype: str):
     """Build RoPE over x [total, heads, K] at positions pos [total] (int32) into out."""
     half = K // 2
@@ -30,8 +37,7 @@ def rope(*, heads: int, K: int, io_dtype: str):
                 T.reads(x[vt, 0:heads, vi:vi + half + 1], pos[vt])
                 T.writes(out[vt, 0:heads, vi:vi + half + 1])
                 trig = T.sblock_alloc_buffer((2,), "float32", scope="local")  # cos, sin
-                angle: T.let[T.float32] = T.Cast("float32", pos[vt]) * T.exp2(
-                    T.Cast("float32", -2 * vi) / T.float32(K) * T.log2(theta))
+                angle: T.let[T.float32] = rope_angle(pos[vt], vi, K, theta)
                 trig[0] = T.cos(angle)
                 trig[1] = T.sin(angle)
                 for h in T.unroll(heads):  # every head's loads in flight together

@@ -5,12 +5,13 @@ copies the RoPE kernel wrote. ``load_rows`` deals a [rows, width] tile to the th
 vectors, a row's width / VEC vectors to consecutive lanes. Where that count divides 32 a row
 sits inside one warp, and the partner of element i (i +- width / 2, the rotate-half form of
 ``kernels/rope.py``) is in the lane width / (2 VEC) away: one shuffle per element. Each value
-is computed as the RoPE kernel computes it (the same float32 expressions), so the rotated
-tile is the one it would have read.
+is computed as the RoPE kernel computes it (its angle, ``rope.rope_angle``, and the same float32
+products), so the rotated tile is the one it would have read.
 """
 
 from tvm.script import tirx as T
 
+from ..rope import rope_angle
 from .layout import THREADS
 from .staging import VEC
 
@@ -27,8 +28,7 @@ def rotated(x, partner, col, position, width, theta):
     """Element ``col`` of a row at ``position`` after RoPE, from its value x and its partner's
     (``kernels/rope.py``: x[i] cos - x[i + half] sin, x[i + half] cos + x[i] sin)."""
     half = width // 2
-    angle = T.Cast("float32", position) * T.exp2(
-        T.Cast("float32", -2 * (col % half)) / T.float32(width) * T.log2(theta))
+    angle = rope_angle(position, col % half, width, theta)
     # the sign as a factor, not a select: TVM lowers a select of two calls to a branch, and
     # the lanes of a warp, on both sides of it, would take the sin and cos twice
     sign = T.Cast("float32", 1 - 2 * (col // half))
