@@ -104,13 +104,12 @@ def attend_role(plan: dict, window: int) -> str:
     return "attend_long" if "attend_long" in plan and window >= LONG_WINDOW_CHUNKS * CHUNK_SIZE else "attend"
 
 
-def state_fused_role(plan: dict, *, N: int, H: int, M: int, sms: int) -> str:
-    """The fused state pass for a batch of N sequences on a GPU of ``sms`` SMs: where its blocks
-    fill two waves of two blocks per SM or more, the variant with launch bounds of two blocks
-    per SM (H200: 7 % faster at B = 8, T = 4096, H = 16, M = 64; 19 % slower at B = 1, where
+def state_fused_role(*, N: int, H: int, M: int, sms: int) -> str:
+    """The fused state pass's role for a batch of N sequences on a GPU of ``sms`` SMs: where
+    its blocks fill two waves of two blocks per SM or more, the variant with launch bounds of
+    two blocks per SM (H200: 7 % faster at B = 8, T = 4096, H = 16, M = 64; 19 % slower at B = 1, where
     its 128 blocks have no SM to share; BENCHMARKS.md)."""
-    wide = fused_state_blocks(N=N, H=H, M=M) >= 4 * sms
-    return "state_fused_wide" if wide and "state_fused_wide" in plan else "state_fused"
+    return "state_fused_wide" if fused_state_blocks(N=N, H=H, M=M) >= 4 * sms else "state_fused"
 
 
 def decode_kernel(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,

@@ -96,7 +96,7 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, s3, window,
                                        int(s is None))
         if state_role == "state_fused":
-            kernel(state_fused_role(plan, N=N, H=H, M=M, sms=sm_count(dev)), window=window)(
+            kernel(state_fused_role(N=N, H=H, M=M, sms=sm_count(dev)), window=window)(
                 k3, v3, s3, gcum, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv, window)
         else:
             delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)

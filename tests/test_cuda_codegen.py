@@ -18,9 +18,8 @@ from nha_tvm.compiler import build
 from nha_tvm.kernels import KERNELS as DEFINITIONS
 from nha_tvm.kernel_plan import (LONG_WINDOW_CHUNKS, attend_role, decode_kernel, launchable, prefill_kernels,
                                   state_fused_role)
-from nha_tvm.schedules import CHUNK_SIZE
 from nha_tvm.kernels.cuda.chunk_attend import key_value_bytes, key_value_scope, shared_bytes, tile_layout
-from nha_tvm.schedules import default_schedule, rule_for
+from nha_tvm.schedules import CHUNK_SIZE, default_schedule, rule_for
 from nha_tvm.targets import target_for
 
 SHAPES = dict(HQ=16, H=8, K=128, V=128, M=64)
@@ -168,7 +167,7 @@ def test_big_batches_take_the_fused_state_pass_with_launch_bounds():
     sizes = dict(HQ=16, H=16, K=128, V=128, M=64, io_dtype="bfloat16", gate_dtype="float32", arch="sm_90")
     plan = prefill_kernels(**sizes)
     assert plan["state_fused_wide"] == ("chunk_state_fused", dict(plan["state_fused"][1], blocks_per_sm=2))
-    assert [state_fused_role(plan, N=n, H=16, M=64, sms=132) for n in (1, 4, 5, 8)] == \
+    assert [state_fused_role(N=n, H=16, M=64, sms=132) for n in (1, 4, 5, 8)] == \
         ["state_fused", "state_fused", "state_fused_wide", "state_fused_wide"]
     sources = [build(*plan[role], "sm_90").mod.imports[0].inspect_source() for role in ("state_fused", "state_fused_wide")]
     assert "__launch_bounds__(256)" in sources[0] and "__launch_bounds__(256, 2)" in sources[1]

@@ -49,7 +49,7 @@ def test_varlen_states_at_model_head_sizes(device, dtype, tol, M, W):
 def test_varlen_states_with_the_wide_fused_state_pass(monkeypatch, device, dtype, tol):
     """The same with the fused state pass's variant for big batches (launch bounds of two
     blocks per SM) taken whatever the batch (the fused pass runs in bfloat16)."""
-    monkeypatch.setattr(nha_tvm.torch_ops, "state_fused_role", lambda plan, **sizes: "state_fused_wide")
+    monkeypatch.setattr(nha_tvm.torch_ops, "state_fused_role", lambda **sizes: "state_fused_wide")
     check_varlen_states(device, dtype, tol, 64, 100)
 
 

@@ -56,9 +56,9 @@ def load_rows(vec, rows, src, base, hd, width, total, tid):
 
 @T.macro
 def store_padded_rows(tile, row_stride, rows, vec, lanes, width, r_min, r_max, tid):
-    """What ``load_vectors`` left in ``vec`` (for tiles whose shared rows are padded off the
-    16-byte grid) in ``vec`` into tile[r * row_stride + e] one element at
-    a time, converted to the tile's dtype, rows outside r_min <= r < r_max as zeros."""
+    """What ``load_vectors`` left in ``vec`` into tile[r * row_stride + e] one element at a
+    time (for tiles whose shared rows are padded off the 16-byte grid), converted to the tile's
+    dtype, rows outside r_min <= r < r_max as zeros."""
     for j in T.unroll(ceil_div(rows * width // lanes, THREADS)):
         for e in T.unroll(lanes):
             tile[vector_row(j, tid, rows, width, lanes) * row_stride + vector_col(j, tid, rows, width, lanes) + e] = T.Select(
