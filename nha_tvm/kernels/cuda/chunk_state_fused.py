@@ -27,6 +27,7 @@ from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strid
                        warp_matmul)
 
 SLOTS = 16  # slots of a block's state tile
+GATE_LANES = 4  # neighbouring slots of w a thread stages: one vector load of each gate input
 
 
 def fused_state_applies(*, K: int, V: int, M: int, kv_dtype: str) -> bool:
@@ -56,7 +57,7 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     x_row, w_row = D + 8, SLOTS + 8  # ldmatrix rows padded by 16 bytes: a tile's rows on all banks
     check_row_strides(operand_rows=[x_row, w_row], output_rows=[])
     tiles = M // SLOTS
-    w_per_thread = ceil_div(C * SLOTS, THREADS)
+    assert C * SLOTS == THREADS * GATE_LANES, "w of a chunk: one vector of slots a thread"
 
     # where the lane's accumulator e sits: keys' tiles [K, 16] are a column of the [K / 16, 1]
     # grid (the slot is the column), values' [16, V] a row of the [1, V / 16] grid (the slot is
@@ -73,6 +74,13 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     def value_dim(tid, e):
         return 16 * tile_col(tid, 1, V // 16) + acc_col(tid, e // 4, e % 4)
 
+    def w_token(tid):
+        """The token (row of w) whose GATE_LANES slots from ``w_slot`` the thread stages."""
+        return tid // (SLOTS // GATE_LANES)
+
+    def w_slot(tid):
+        return tid % (SLOTS // GATE_LANES) * GATE_LANES
+
     def last_of(i, start, length, total):
         """The position of chunk i's last token (clamped to the sequence, and to the batch)."""
         return T.max(T.min(start + T.min((i + 1) * C, length) - 1, total - 1), 0)
@@ -81,17 +89,19 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     def load_chunk(i, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
                    start, length, h, m0, kind, window, total, tid):
         """Chunk i's loads into registers (clamped: past the last chunk they go unused): its
-        token rows x_{tau - W} (k for keys, v for values), per element of w the write strength,
-        the gate sum and the chunk's last gate sum, and each accumulator's slot's last gate sum."""
+        token rows x_{tau - W} (k for keys, v for values), for its elements of w (a vector of
+        slots of a token) the write strengths, the gate sums and the chunk's last gate sums, and
+        each accumulator's slot's last gate sum."""
         if kind == 0:
             load_rows(stage_vec, C, k, start + i * C - window, h, K, total, tid)
         else:
             load_rows(stage_vec, C, v, start + i * C - window, h, V, total, tid)
-        for j in T.unroll(w_per_thread):
-            s_next[j] = T.Cast("float32", s[T.max(T.min(start + i * C + (j * THREADS + tid) // SLOTS - window, total - 1), 0),
-                                            h, m0 + (j * THREADS + tid) % SLOTS])
-            g_next[j] = gcum[T.min(start + i * C + (j * THREADS + tid) // SLOTS, total - 1), h, m0 + (j * THREADS + tid) % SLOTS]
-            g_last_next[j] = gcum[last_of(i, start, length, total), h, m0 + (j * THREADS + tid) % SLOTS]
+        for e in T.vectorized(GATE_LANES):
+            s_next[e] = s[T.max(T.min(start + i * C + w_token(tid) - window, total - 1), 0), h, m0 + w_slot(tid) + e]
+        for e in T.vectorized(GATE_LANES):
+            g_next[e] = gcum[T.min(start + i * C + w_token(tid), total - 1), h, m0 + w_slot(tid) + e]
+        for e in T.vectorized(GATE_LANES):
+            g_last_next[e] = gcum[last_of(i, start, length, total), h, m0 + w_slot(tid) + e]
         for e in T.unroll(FRAG_C):
             decay_next[e] = gcum[last_of(i, start, length, total), h,
                                  m0 + T.if_then_else(kind == 0, key_slot(tid, e), value_slot(tid, e))]
@@ -115,17 +125,18 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                             T.Cast(out_v.dtype, fc[4 * hh + 2 * r + e])
 
     @T.macro
-    def stage_chunk(i, xs, ws, stage_vec, s_next, g_next, g_last_next, decay_next, decay,
+    def stage_chunk(i, xs, ws, stage_vec, s_next, g_next, g_last_next, w_vec, decay_next, decay,
                     window, length, chunks, tid):
         """Chunk i's tile x'_tau = x_{tau - W} (zero before W) and w from its loads in registers
         into shared memory, and its decays (past the sequence's last chunk: zeros, so that it
         adds nothing and keeps the state)."""
         store_rows(xs, x_row, C, stage_vec, D, window - i * C, T.min(C, length - i * C), tid)
-        for j in T.unroll(w_per_thread):
-            ws[(j * THREADS + tid) // SLOTS * w_row + (j * THREADS + tid) % SLOTS] = T.Cast(
-                kv_dtype, T.if_then_else(
-                    (j * THREADS + tid) // SLOTS < T.min(C, length - i * C) and i * C + (j * THREADS + tid) // SLOTS >= window,
-                    s_next[j] * T.exp(g_last_next[j] - g_next[j]), T.float32(0)))
+        for e in T.unroll(GATE_LANES):
+            w_vec[e] = T.Cast(kv_dtype, T.if_then_else(
+                w_token(tid) < T.min(C, length - i * C) and i * C + w_token(tid) >= window,
+                T.Cast("float32", s_next[e]) * T.exp(g_last_next[e] - g_next[e]), T.float32(0)))
+        for e in T.vectorized(GATE_LANES):
+            ws[w_token(tid) * w_row + w_slot(tid) + e] = w_vec[e]
         for e in T.unroll(FRAG_C):
             decay[e] = T.if_then_else(i < chunks, decay_next[e], T.float32(0))
 
@@ -185,12 +196,13 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     # write strength, gate sum and last gate sum, and each accumulator's decay
                     stage_a = T.sblock_alloc_buffer((vector_registers(C, D, VEC),), kv_dtype, scope="local")
                     stage_b = T.sblock_alloc_buffer((vector_registers(C, D, VEC),), kv_dtype, scope="local")
-                    s_a = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
-                    s_b = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
-                    g_a = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
-                    g_b = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
-                    g_last_a = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
-                    g_last_b = T.sblock_alloc_buffer((w_per_thread,), "float32", scope="local")
+                    s_a = T.sblock_alloc_buffer((GATE_LANES,), gate_dtype, scope="local")
+                    s_b = T.sblock_alloc_buffer((GATE_LANES,), gate_dtype, scope="local")
+                    g_a = T.sblock_alloc_buffer((GATE_LANES,), "float32", scope="local")
+                    g_b = T.sblock_alloc_buffer((GATE_LANES,), "float32", scope="local")
+                    g_last_a = T.sblock_alloc_buffer((GATE_LANES,), "float32", scope="local")
+                    g_last_b = T.sblock_alloc_buffer((GATE_LANES,), "float32", scope="local")
+                    w_vec = T.sblock_alloc_buffer((GATE_LANES,), kv_dtype, scope="local")
                     decay_a = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     decay_b = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     decay = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
@@ -228,9 +240,9 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     # exp(G_last,i+1) + D_{i+1}, each chunk-start state stored (what the output
                     # pass reads)
                     for pair in T.serial((chunks + 1) // 2):
-                        stage_chunk(2 * pair, xs, ws, stage_a, s_a, g_a, g_last_a, decay_a, decay,
+                        stage_chunk(2 * pair, xs, ws, stage_a, s_a, g_a, g_last_a, w_vec, decay_a, decay,
                                     window, length, chunks, tid)
-                        stage_chunk(2 * pair + 1, xs_b, ws_b, stage_b, s_b, g_b, g_last_b, decay_b,
+                        stage_chunk(2 * pair + 1, xs_b, ws_b, stage_b, s_b, g_b, g_last_b, w_vec, decay_b,
                                     decay_next_chunk, window, length, chunks, tid)
                         load_chunk(2 * pair + 2, k, v, s, gcum, stage_a, s_a, g_a, g_last_a, decay_a,
                                    start, length, h, m0, kind, window, total, tid)
