@@ -37,6 +37,8 @@ KERNELS = [
                                state_dtype="bfloat16")),
     ("chunk_state_fused", dict(H=8, K=128, V=128, M=64, C=64, kv_dtype="bfloat16", gate_dtype="float32",
                                state_dtype="bfloat16", blocks_per_sm=2)),
+    ("chunk_state_fused", dict(H=8, K=128, V=128, M=64, C=64, kv_dtype="bfloat16", gate_dtype="bfloat16",
+                               state_dtype="bfloat16")),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32")),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32", values_ahead=True)),
     ("chunk_attend_cuda", dict(SHAPES, C=64, io_dtype="bfloat16", gate_dtype="float32", rope_inside=True)),
@@ -128,6 +130,16 @@ def test_output_pass_shared_memory_within_launch_limits(params):
     assert static == (key_value_bytes(lay, C) if key_value_scope(lay, C=C, M=M) == "shared" else 0)
     assert launchable(static, dynamic, "sm_90"), sizes
     assert static + dynamic <= shared_bytes(K=K, V=V, M=M, C=C, io_dtype=io)
+
+
+def test_fused_state_pass_loads_gates_as_vectors():
+    """The fused state pass loads a chunk's gate inputs four slots at a time (16-byte loads of
+    the float32 ones), except its variant with launch bounds of two blocks an SM, which vectors
+    made slower (``chunk_state_fused.GATE_LANES``)."""
+    params = dict(H=8, K=128, V=128, M=64, C=64, kv_dtype="bfloat16", gate_dtype="float32", state_dtype="bfloat16")
+    plain, bounded = (build("chunk_state_fused", p, "sm_90").mod.imports[0].inspect_source()
+                      for p in (params, dict(params, blocks_per_sm=2)))
+    assert "*(float4*)(gcum_ptr" in plain and "*(float4*)(s_ptr" in plain and "float4" not in bounded
 
 
 def test_launch_rule_of_tvms_cuda_runtime():

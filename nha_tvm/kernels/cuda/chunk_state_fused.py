@@ -12,7 +12,9 @@ with w[tau, m] = s'_tau[m] exp(G_last[m] - G_tau[m]) over the chunk's C tokens (
 form"). Before each chunk's addition the block stores the chunk-start state (``state_dtype``,
 what the output pass reads); after the last, the float32 final state. The chunks go in pairs:
 both tiles in shared memory at once, the two additions side by side (independent mma chains,
-two barriers a pair), and the next pair's tiles and gates in flight in registers meanwhile.
+two barriers a pair), and the next pair's tiles and gates in flight in registers meanwhile
+(the gates of w in vectors of neighbouring slots: the loads' addresses were a fifth of the
+pass's time, ncu on an H200).
 
 Blocks: sequences x kv heads x M / 16 slot tiles x 2 (keys, values). Keys and values run the
 same code up to the matmul and the stores (barriers cannot sit under a branch). Needs 16-bit
@@ -21,13 +23,16 @@ inputs on tensor cores with K = V, and [K, 16] dealing out to the 8 warps by row
 
 from tvm.script import tirx as T
 
-from .layout import THREADS, WARPS, ceil_div
+from .layout import THREADS, WARPS
 from .staging import VEC, load_rows, store_rows, vector_registers
 from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, tile_col, tile_row,
                        warp_matmul)
 
 SLOTS = 16  # slots of a block's state tile
-GATE_LANES = 4  # neighbouring slots of w a thread stages: one vector load of each gate input
+# neighbouring slots of w a thread stages as one vector load of each gate input: 4, or single
+# slots under launch bounds of two blocks an SM (H200, B = 8, T = 4096: vectors made that
+# variant 25 % slower, 0.496 against 0.398 ms, within its 128 registers; B = 1 takes 4)
+GATE_LANES = 4
 
 
 def fused_state_applies(*, K: int, V: int, M: int, kv_dtype: str) -> bool:
@@ -57,7 +62,9 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     x_row, w_row = D + 8, SLOTS + 8  # ldmatrix rows padded by 16 bytes: a tile's rows on all banks
     check_row_strides(operand_rows=[x_row, w_row], output_rows=[])
     tiles = M // SLOTS
-    assert C * SLOTS == THREADS * GATE_LANES, "w of a chunk: one vector of slots a thread"
+    lanes = GATE_LANES if blocks_per_sm == 1 else 1
+    assert C * SLOTS % (THREADS * lanes) == 0, "w of a chunk: whole vectors of slots for every thread"
+    w_vectors = C * SLOTS // (THREADS * lanes)  # of a thread
 
     # where the lane's accumulator e sits: keys' tiles [K, 16] are a column of the [K / 16, 1]
     # grid (the slot is the column), values' [16, V] a row of the [1, V / 16] grid (the slot is
@@ -74,12 +81,12 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     def value_dim(tid, e):
         return 16 * tile_col(tid, 1, V // 16) + acc_col(tid, e // 4, e % 4)
 
-    def w_token(tid):
-        """The token (row of w) whose GATE_LANES slots from ``w_slot`` the thread stages."""
-        return tid // (SLOTS // GATE_LANES)
+    def w_token(j, tid):
+        """The token (row of w) of the thread's j-th vector of slots from ``w_slot``."""
+        return (j * THREADS + tid) // (SLOTS // lanes)
 
-    def w_slot(tid):
-        return tid % (SLOTS // GATE_LANES) * GATE_LANES
+    def w_slot(j, tid):
+        return (j * THREADS + tid) % (SLOTS // lanes) * lanes
 
     def last_of(i, start, length, total):
         """The position of chunk i's last token (clamped to the sequence, and to the batch)."""
@@ -89,19 +96,21 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     def load_chunk(i, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
                    start, length, h, m0, kind, window, total, tid):
         """Chunk i's loads into registers (clamped: past the last chunk they go unused): its
-        token rows x_{tau - W} (k for keys, v for values), for its elements of w (a vector of
+        token rows x_{tau - W} (k for keys, v for values), for its elements of w (vectors of
         slots of a token) the write strengths, the gate sums and the chunk's last gate sums, and
         each accumulator's slot's last gate sum."""
         if kind == 0:
             load_rows(stage_vec, C, k, start + i * C - window, h, K, total, tid)
         else:
             load_rows(stage_vec, C, v, start + i * C - window, h, V, total, tid)
-        for e in T.vectorized(GATE_LANES):
-            s_next[e] = s[T.max(T.min(start + i * C + w_token(tid) - window, total - 1), 0), h, m0 + w_slot(tid) + e]
-        for e in T.vectorized(GATE_LANES):
-            g_next[e] = gcum[T.min(start + i * C + w_token(tid), total - 1), h, m0 + w_slot(tid) + e]
-        for e in T.vectorized(GATE_LANES):
-            g_last_next[e] = gcum[last_of(i, start, length, total), h, m0 + w_slot(tid) + e]
+        for j in T.unroll(w_vectors):
+            for e in T.vectorized(lanes):
+                s_next[j * lanes + e] = s[T.max(T.min(start + i * C + w_token(j, tid) - window, total - 1), 0), h,
+                                          m0 + w_slot(j, tid) + e]
+            for e in T.vectorized(lanes):
+                g_next[j * lanes + e] = gcum[T.min(start + i * C + w_token(j, tid), total - 1), h, m0 + w_slot(j, tid) + e]
+            for e in T.vectorized(lanes):
+                g_last_next[j * lanes + e] = gcum[last_of(i, start, length, total), h, m0 + w_slot(j, tid) + e]
         for e in T.unroll(FRAG_C):
             decay_next[e] = gcum[last_of(i, start, length, total), h,
                                  m0 + T.if_then_else(kind == 0, key_slot(tid, e), value_slot(tid, e))]
@@ -131,12 +140,14 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
         into shared memory, and its decays (past the sequence's last chunk: zeros, so that it
         adds nothing and keeps the state)."""
         store_rows(xs, x_row, C, stage_vec, D, window - i * C, T.min(C, length - i * C), tid)
-        for e in T.unroll(GATE_LANES):
-            w_vec[e] = T.Cast(kv_dtype, T.if_then_else(
-                w_token(tid) < T.min(C, length - i * C) and i * C + w_token(tid) >= window,
-                T.Cast("float32", s_next[e]) * T.exp(g_last_next[e] - g_next[e]), T.float32(0)))
-        for e in T.vectorized(GATE_LANES):
-            ws[w_token(tid) * w_row + w_slot(tid) + e] = w_vec[e]
+        for j in T.unroll(w_vectors):
+            for e in T.unroll(lanes):
+                w_vec[e] = T.Cast(kv_dtype, T.if_then_else(
+                    w_token(j, tid) < T.min(C, length - i * C) and i * C + w_token(j, tid) >= window,
+                    T.Cast("float32", s_next[j * lanes + e]) * T.exp(g_last_next[j * lanes + e] - g_next[j * lanes + e]),
+                    T.float32(0)))
+            for e in T.vectorized(lanes):
+                ws[w_token(j, tid) * w_row + w_slot(j, tid) + e] = w_vec[e]
         for e in T.unroll(FRAG_C):
             decay[e] = T.if_then_else(i < chunks, decay_next[e], T.float32(0))
 
@@ -196,13 +207,13 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     # write strength, gate sum and last gate sum, and each accumulator's decay
                     stage_a = T.sblock_alloc_buffer((vector_registers(C, D, VEC),), kv_dtype, scope="local")
                     stage_b = T.sblock_alloc_buffer((vector_registers(C, D, VEC),), kv_dtype, scope="local")
-                    s_a = T.sblock_alloc_buffer((GATE_LANES,), gate_dtype, scope="local")
-                    s_b = T.sblock_alloc_buffer((GATE_LANES,), gate_dtype, scope="local")
-                    g_a = T.sblock_alloc_buffer((GATE_LANES,), "float32", scope="local")
-                    g_b = T.sblock_alloc_buffer((GATE_LANES,), "float32", scope="local")
-                    g_last_a = T.sblock_alloc_buffer((GATE_LANES,), "float32", scope="local")
-                    g_last_b = T.sblock_alloc_buffer((GATE_LANES,), "float32", scope="local")
-                    w_vec = T.sblock_alloc_buffer((GATE_LANES,), kv_dtype, scope="local")
+                    s_a = T.sblock_alloc_buffer((w_vectors * lanes,), gate_dtype, scope="local")
+                    s_b = T.sblock_alloc_buffer((w_vectors * lanes,), gate_dtype, scope="local")
+                    g_a = T.sblock_alloc_buffer((w_vectors * lanes,), "float32", scope="local")
+                    g_b = T.sblock_alloc_buffer((w_vectors * lanes,), "float32", scope="local")
+                    g_last_a = T.sblock_alloc_buffer((w_vectors * lanes,), "float32", scope="local")
+                    g_last_b = T.sblock_alloc_buffer((w_vectors * lanes,), "float32", scope="local")
+                    w_vec = T.sblock_alloc_buffer((lanes,), kv_dtype, scope="local")
                     decay_a = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     decay_b = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     decay = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
