@@ -13,8 +13,8 @@ form"). Before each chunk's addition the block stores the chunk-start state (``s
 what the output pass reads); after the last, the float32 final state. The chunks go in pairs:
 both tiles in shared memory at once, the two additions side by side (independent mma chains,
 two barriers a pair), and the next pair's tiles and gates in flight in registers meanwhile
-(the gates of w in vectors of neighbouring slots: the loads' addresses were a fifth of the
-pass's time, ncu on an H200).
+(the gates of w in vectors of neighbouring slots: issuing the loads took a fifth of the pass's
+stall samples, most of it their clamped addresses; ncu on an H200).
 
 Blocks: sequences x kv heads x M / 16 slot tiles x 2 (keys, values). Keys and values run the
 same code up to the matmul and the stores (barriers cannot sit under a branch). Needs 16-bit
@@ -24,7 +24,7 @@ inputs on tensor cores with K = V, and [K, 16] dealing out to the 8 warps by row
 from tvm.script import tirx as T
 
 from .layout import THREADS, WARPS
-from .staging import VEC, load_rows, store_rows, vector_registers
+from .staging import VEC, load_rows, store_rows, vector_col, vector_registers, vector_row
 from .warp_mma import (FRAG_A, FRAG_B, FRAG_C, acc_col, acc_row, check_row_strides, tile_col, tile_row,
                        warp_matmul)
 
@@ -82,11 +82,12 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
         return 16 * tile_col(tid, 1, V // 16) + acc_col(tid, e // 4, e % 4)
 
     def w_token(j, tid):
-        """The token (row of w) of the thread's j-th vector of slots from ``w_slot``."""
-        return (j * THREADS + tid) // (SLOTS // lanes)
+        """The token (row of w) of the thread's j-th vector of slots from ``w_slot``: w [C, SLOTS]
+        dealt out as ``staging`` deals a tile."""
+        return vector_row(j, tid, C, SLOTS, lanes)
 
     def w_slot(j, tid):
-        return (j * THREADS + tid) % (SLOTS // lanes) * lanes
+        return vector_col(j, tid, C, SLOTS, lanes)
 
     def last_of(i, start, length, total):
         """The position of chunk i's last token (clamped to the sequence, and to the batch)."""
