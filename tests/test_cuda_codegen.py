@@ -142,6 +142,19 @@ def test_fused_state_pass_loads_gates_as_vectors():
     assert "*(float4*)(gcum_ptr" in plain and "*(float4*)(s_ptr" in plain and "float4" not in bounded
 
 
+def test_output_pass_shuffles_rope_partners_in_pairs():
+    """The output pass's in-register RoPE moves a row's partner elements two 16-bit values to a
+    32-bit shuffle (``rope_rows.rotate_rows``): 4 shuffles per 8-element vector, none of a
+    single converted element; the rotation's sign is an xor of the shuffled word."""
+    params = dict(SHAPES, H=16, C=64, io_dtype="bfloat16", gate_dtype="float32", rope_inside=True)
+    source = build("chunk_attend_cuda", params, "sm_90").mod.imports[0].inspect_source()
+    pairs = re.findall(r"partner_ptr\[\d\] = \(?__shfl_sync\(__activemask\(\), \(\(uint\*\)(\w+)\)", source)
+    # the query tile once, and the key tile of the window loop: 4 vectors a thread each
+    assert sorted(set(pairs)) == ["key_vec_ptr", "q_vec_ptr"] and len(pairs) == 2 * 4 * 4
+    assert "__shfl_sync(__activemask(), ((float)" not in source
+    assert len(re.findall(r"partner_ptr\[\d\] = \(__shfl_sync\([^;]*\) \^ ", source)) == len(pairs)
+
+
 def test_launch_rule_of_tvms_cuda_runtime():
     """A block past 48 KB of shared memory launches only with 48 KB or more of it dynamic; a
     fused decode step that would break the rule (GQA group 2, K = V = 128, M = 32: about 16 KB

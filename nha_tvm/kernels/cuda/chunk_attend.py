@@ -398,7 +398,8 @@ def chunk_attend(*, HQ: int, H: int, K: int, V: int, M: int, C: int, io_dtype: s
                     key_vec = T.sblock_alloc_buffer((vector_registers(C, max(K, V), VEC),) if tensor_cores else (1,), io_dtype, scope="local")
                     value_vec = T.sblock_alloc_buffer((vector_registers(C, V, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
                     q_vec = T.sblock_alloc_buffer((vector_registers(C, K, VEC),) if tensor_cores else (1,), io_dtype, scope="local")
-                    partner = T.sblock_alloc_buffer((VEC,) if rope_inside else (1,), "float32", scope="local")
+                    # RoPE inside: a row's partner elements, two 16-bit values to a word as shuffled
+                    partner = T.sblock_alloc_buffer((VEC // 2,) if rope_inside else (1,), "uint32", scope="local")
                     g_vec = T.sblock_alloc_buffer((vector_registers(C, M, g_lanes),), "float32", scope="local")
                     s_vec = T.sblock_alloc_buffer((vector_registers(C, M, s_lanes),), gate_dtype, scope="local")
                     state_vec = T.sblock_alloc_buffer((max(vector_registers(K, M, VEC), vector_registers(M, V, VEC)),) if slots_tc else (1,),
