@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "bench_peers.py"
 sys.path.insert(0, str(SCRIPT.parent))  # the benchmark scripts are not a package
@@ -44,3 +46,26 @@ def test_smoke_run_measures_nha_and_regenerates_the_markdown(tmp_path):
     assert text.count(MARK_BEGIN) == text.count(MARK_END) == 1
     assert "### Prefill" in text and "### Decode" in text
     assert "NHA ms" in done.stdout and "NHA eager ms" in text
+
+
+def test_ab_runs_of_a_build_compare_equal_and_a_changed_output_shows(tmp_path):
+    """profile_prefill.py's A/B on the CPU: two runs of one build give equal outputs on its seeded
+    inputs, and --compare reports an output that differs."""
+    script = REPO / "benchmarks" / "profile_prefill.py"
+    env = dict(os.environ, NHA_TVM_CACHE_DIR=str(tmp_path / "kernels"))
+
+    def profile_prefill(*args):
+        done = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+    for build in ("a", "b"):
+        profile_prefill("--ab", build, "--out", tmp_path, "--device", "cpu", "--smoke")
+    rows = [json.loads(line) for line in (tmp_path / "times.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(row["sum_ms"] > 0 for row in rows)
+    first = sorted(tmp_path.glob("a-*.pt"))[0]
+    changed = torch.load(first)
+    changed.view(-1)[0] += 1
+    torch.save(changed, tmp_path / first.name.replace("a-", "c-", 1))
+    table = profile_prefill("--compare", tmp_path, "a", "b", "c")
+    assert table.count("b: equal") == 2 and table.count("c: max diff") == 1 and table.count("c: -") == 1
