@@ -4,8 +4,8 @@
     python benchmarks/profile_prefill.py --ab NAME --out DIR    # the A/B shapes: DIR/times.jsonl, DIR/NAME-*.pt
     python benchmarks/profile_prefill.py --compare DIR A B ...  # per shape and build: ms, outputs against A's
 
-The inputs are those of bench_peers.py's full plan (its head sizes, gates and RoPE), drawn from
-a seeded CPU generator: every build sees the same, so equal outputs are equal bit for bit. An
+The inputs are those of bench_peers.py's full plan (its head sizes, gates and RoPE, made by its
+``Setup``) after a fixed seed: every build sees the same, so equal outputs are equal bit for bit. An
 A/B runs each build in a process of its own (its install first on PYTHONPATH and its own
 NHA_TVM_CACHE_DIR), the first build again at the end, so that the table shows the drift
 between the runs of one build. ``--device cpu --smoke`` runs tiny shapes on the CPU, where the
@@ -19,11 +19,9 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from measure import make_plan
-from peers import GATE_DTYPE
+from measure import make_plan, setup_for
 
 AB_SHAPES = ((1, 32768, 64), (1, 8192, 64), (1, 2048, 64), (1, 8192, 512), (1, 8192, 8192), (8, 4096, 64))
 SMOKE_SHAPES = ((1, 130, 16), (2, 64, 100))
@@ -44,6 +42,8 @@ def parse_args(argv):
         parser.error("--ab needs --out")
     if args.device == "cpu" and not args.smoke:
         parser.error("--device cpu needs --smoke")
+    if args.smoke and not args.ab:
+        parser.error("--smoke is for --ab (the one-shape table profiles CUDA kernels)")
     return args
 
 
@@ -51,13 +51,11 @@ def prefill_call(B: int, T: int, W: int, device: torch.device, smoke: bool):
     """One prefill of the plan's sizes on seeded inputs, as a closure (and its compiled kernels
     built by a first call)."""
     import nha_tvm
-    plan = make_plan("smoke" if smoke else "full")
-    H, K, V, M = plan.heads, plan.key_dim, plan.value_dim, plan.slots
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
-    gen = torch.Generator().manual_seed(1234 + B + T + W)
-    q, k, v = (torch.randn(B, T, H, d, generator=gen).to(device, dtype) for d in (K, K, V))
-    g = (F.logsigmoid(torch.randn(B, T, H, M, generator=gen, dtype=GATE_DTYPE)) / 8).to(device)
-    return lambda: nha_tvm.nha_attention(q, k, v, g, window=W, rope_theta=plan.rope_theta)[0]
+    setup = setup_for(make_plan("smoke" if smoke else "full"), device)
+    H, K, V, M = setup.heads, setup.key_dim, setup.value_dim, setup.slots
+    torch.manual_seed(1234 + B + T + W)  # the CPU's and every GPU's generator
+    q, k, v, g = setup.randn(B, T, H, K), setup.randn(B, T, H, K), setup.randn(B, T, H, V), setup.log_gates(B, T, H, M)
+    return lambda: nha_tvm.nha_attention(q, k, v, g, window=W, rope_theta=setup.rope_theta)[0]
 
 
 def device_ms_per_kernel(call, reps: int) -> dict:
@@ -152,9 +150,7 @@ def main(argv=None) -> None:
         measure_build(args.ab, args.out, device, args.smoke)
         return
     T, W = (args.shape + [32768, 64][len(args.shape):])[:2]
-    call = prefill_call(1, T, W, device, smoke=False)
-    call()
-    kernels = device_ms_per_kernel(call, 5)
+    kernels = device_ms_per_kernel(prefill_call(1, T, W, device, smoke=False), 5)
     print(f"{torch.cuda.get_device_name()}  T={T} W={W}  (device ms per call, 5 calls)")
     for name, ms in sorted(kernels.items(), key=lambda item: -item[1]):
         print(f"{ms:9.4f}  {name[:80]}")

@@ -10,7 +10,7 @@ from tvm.script import tirx as T
 def rope_angle(position, pair, K: int, theta):
     """The float32 angle of rotation pair ``pair`` at ``position``: position * theta^(-2 pair / K),
     the power as 2^(-2 pair / K log2 theta). The output pass's in-register RoPE
-    (``cuda/rope_rows.py``) uses it too, so that both rotate to the same bits."""
+    (``cuda/rope_rows.py``) uses it too, so that both rotate by the same float32 angle."""
     return T.Cast("float32", position) * T.exp2(T.Cast("float32", -2 * pair) / T.float32(K) * T.log2(theta))
 
 

@@ -13,8 +13,8 @@ form"). Before each chunk's addition the block stores the chunk-start state (``s
 what the output pass reads); after the last, the float32 final state. The chunks go in pairs:
 both tiles in shared memory at once, the two additions side by side (independent mma chains,
 two barriers a pair), and the next pair's tiles and gates in flight in registers meanwhile
-(the gates of w in vectors of neighbouring slots: issuing the loads took a fifth of the pass's
-stall samples, most of it their clamped addresses; ncu on an H200).
+(the gates of w in vectors of neighbouring slots: issuing the scalar loads took a fifth of the
+pass's stall samples, by ncu on an H200).
 
 Blocks: sequences x kv heads x M / 16 slot tiles x 2 (keys, values). Keys and values run the
 same code up to the matmul and the stores (barriers cannot sit under a branch). Needs 16-bit
