@@ -14,7 +14,9 @@ what the output pass reads); after the last, the float32 final state. The chunks
 both tiles in shared memory at once, the two additions side by side (independent mma chains,
 two barriers a pair), and the next pair's tiles and gates in flight in registers meanwhile
 (the gates of w in vectors of neighbouring slots: issuing the scalar loads took a fifth of the
-pass's stall samples, by ncu on an H200).
+pass's stall samples, by ncu on an H200). The decays exp(G_last) of the state's slots need no
+loads of their own: G_last of every slot is among w's gates, and warp shuffles bring each
+accumulator its slot's.
 
 Blocks: sequences x kv heads x M / 16 slot tiles x 2 (keys, values). Keys and values run the
 same code up to the matmul and the stores (barriers cannot sit under a branch). Needs 16-bit
@@ -89,17 +91,23 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     def w_slot(j, tid):
         return vector_col(j, tid, C, SLOTS, lanes)
 
+    def decay_source(slot):
+        """The lane whose ``sent`` value is the last gate sum of ``slot``: w's vectors deal a
+        token's SLOTS slots to SLOTS / lanes neighbouring lanes (``w_slot``), so the lanes that
+        hold slot m are those = m // lanes modulo SLOTS / lanes, at element m % lanes; each sends
+        its element (lane // (SLOTS / lanes)) % lanes."""
+        return slot % lanes * (SLOTS // lanes) + slot // lanes
+
     def last_of(i, start, length, total):
         """The position of chunk i's last token (clamped to the sequence, and to the batch)."""
         return T.max(T.min(start + T.min((i + 1) * C, length) - 1, total - 1), 0)
 
     @T.macro
-    def load_chunk(i, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next, decay_next,
+    def load_chunk(i, k, v, s, gcum, stage_vec, s_next, g_next, g_last_next,
                    start, length, h, m0, kind, window, total, tid):
         """Chunk i's loads into registers (clamped: past the last chunk they go unused): its
-        token rows x_{tau - W} (k for keys, v for values), for its elements of w (vectors of
-        slots of a token) the write strengths, the gate sums and the chunk's last gate sums, and
-        each accumulator's slot's last gate sum."""
+        token rows x_{tau - W} (k for keys, v for values), and for its elements of w (vectors of
+        slots of a token) the write strengths, the gate sums and the chunk's last gate sums."""
         if kind == 0:
             load_rows(stage_vec, C, k, start + i * C - window, h, K, total, tid)
         else:
@@ -112,9 +120,6 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                 g_next[j * lanes + e] = gcum[T.min(start + i * C + w_token(j, tid), total - 1), h, m0 + w_slot(j, tid) + e]
             for e in T.vectorized(lanes):
                 g_last_next[j * lanes + e] = gcum[last_of(i, start, length, total), h, m0 + w_slot(j, tid) + e]
-        for e in T.unroll(FRAG_C):
-            decay_next[e] = gcum[last_of(i, start, length, total), h,
-                                 m0 + T.if_then_else(kind == 0, key_slot(tid, e), value_slot(tid, e))]
 
     @T.macro
     def store_tile(kind, fc, out_k, out_v, row, h, m0, tid):
@@ -135,11 +140,12 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                             T.Cast(out_v.dtype, fc[4 * hh + 2 * r + e])
 
     @T.macro
-    def stage_chunk(i, xs, ws, stage_vec, s_next, g_next, g_last_next, w_vec, decay_next, decay,
-                    window, length, chunks, tid):
+    def stage_chunk(i, xs, ws, stage_vec, s_next, g_next, g_last_next, w_vec, sent, decay,
+                    kind, window, length, chunks, tid):
         """Chunk i's tile x'_tau = x_{tau - W} (zero before W) and w from its loads in registers
         into shared memory, and its decays (past the sequence's last chunk: zeros, so that it
-        adds nothing and keeps the state)."""
+        adds nothing and keeps the state), each accumulator's slot's last gate sum taken by a
+        shuffle from a lane that loaded it for w (``decay_source``)."""
         store_rows(xs, x_row, C, stage_vec, D, window - i * C, T.min(C, length - i * C), tid)
         for j in T.unroll(w_vectors):
             for e in T.unroll(lanes):
@@ -149,8 +155,14 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     T.float32(0)))
             for e in T.vectorized(lanes):
                 ws[w_token(j, tid) * w_row + w_slot(j, tid) + e] = w_vec[e]
+        sent[0] = g_last_next[0]
+        for e in T.unroll(1, lanes):  # a select per element, not an indexed register array
+            sent[0] = T.if_then_else(tid % 32 // (SLOTS // lanes) % lanes == e, g_last_next[e], sent[0])
         for e in T.unroll(FRAG_C):
-            decay[e] = T.if_then_else(i < chunks, decay_next[e], T.float32(0))
+            decay[e] = T.if_then_else(i < chunks, T.tvm_warp_shuffle(
+                T.tvm_warp_activemask(), sent[0],
+                decay_source(T.if_then_else(kind == 0, key_slot(tid, e), value_slot(tid, e))), 32, 32),
+                T.float32(0))
 
     @T.macro
     def add_pair(fa, fb, fc, xs, ws, fa_b, fb_b, fc_b, xs_b, ws_b, kind, tid):
@@ -204,8 +216,8 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     ws = T.sblock_alloc_buffer((C * w_row,), kv_dtype, scope="shared.dyn")
                     xs_b = T.sblock_alloc_buffer((C * x_row,), kv_dtype, scope="shared.dyn")
                     ws_b = T.sblock_alloc_buffer((C * w_row,), kv_dtype, scope="shared.dyn")
-                    # two register sets of a chunk's loads: its token rows, per element of w the
-                    # write strength, gate sum and last gate sum, and each accumulator's decay
+                    # two register sets of a chunk's loads: its token rows, and per element of w
+                    # the write strength, gate sum and last gate sum
                     stage_a = T.sblock_alloc_buffer((vector_registers(C, D, VEC),), kv_dtype, scope="local")
                     stage_b = T.sblock_alloc_buffer((vector_registers(C, D, VEC),), kv_dtype, scope="local")
                     s_a = T.sblock_alloc_buffer((w_vectors * lanes,), gate_dtype, scope="local")
@@ -215,8 +227,7 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     g_last_a = T.sblock_alloc_buffer((w_vectors * lanes,), "float32", scope="local")
                     g_last_b = T.sblock_alloc_buffer((w_vectors * lanes,), "float32", scope="local")
                     w_vec = T.sblock_alloc_buffer((lanes,), kv_dtype, scope="local")
-                    decay_a = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
-                    decay_b = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
+                    sent = T.sblock_alloc_buffer((1,), "float32", scope="local")
                     decay = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     decay_next_chunk = T.sblock_alloc_buffer((FRAG_C,), "float32", scope="local")
                     fa = T.sblock_alloc_buffer((FRAG_A,), kv_dtype, scope="local")
@@ -240,9 +251,9 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                         fc[e] = T.if_then_else(kind == 0, h0k[n, h, key_dim(tid, e), m0 + key_slot(tid, e)],
                                                h0v[n, h, m0 + value_slot(tid, e), value_dim(tid, e)])
                     # a pair of chunks' loads in flight: its chunks alternate register sets
-                    load_chunk(0, k, v, s, gcum, stage_a, s_a, g_a, g_last_a, decay_a,
+                    load_chunk(0, k, v, s, gcum, stage_a, s_a, g_a, g_last_a,
                                start, length, h, m0, kind, window, total, tid)
-                    load_chunk(1, k, v, s, gcum, stage_b, s_b, g_b, g_last_b, decay_b,
+                    load_chunk(1, k, v, s, gcum, stage_b, s_b, g_b, g_last_b,
                                start, length, h, m0, kind, window, total, tid)
                     # chunks i and i + 1 (past the sequence's last chunk they add zeros and store
                     # nothing): both tiles and w into shared memory, the next pair's loads into the
@@ -252,13 +263,13 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                     # exp(G_last,i+1) + D_{i+1}, each chunk-start state stored (what the output
                     # pass reads)
                     for pair in T.serial((chunks + 1) // 2):
-                        stage_chunk(2 * pair, xs, ws, stage_a, s_a, g_a, g_last_a, w_vec, decay_a, decay,
-                                    window, length, chunks, tid)
-                        stage_chunk(2 * pair + 1, xs_b, ws_b, stage_b, s_b, g_b, g_last_b, w_vec, decay_b,
-                                    decay_next_chunk, window, length, chunks, tid)
-                        load_chunk(2 * pair + 2, k, v, s, gcum, stage_a, s_a, g_a, g_last_a, decay_a,
+                        stage_chunk(2 * pair, xs, ws, stage_a, s_a, g_a, g_last_a, w_vec, sent, decay,
+                                    kind, window, length, chunks, tid)
+                        stage_chunk(2 * pair + 1, xs_b, ws_b, stage_b, s_b, g_b, g_last_b, w_vec, sent,
+                                    decay_next_chunk, kind, window, length, chunks, tid)
+                        load_chunk(2 * pair + 2, k, v, s, gcum, stage_a, s_a, g_a, g_last_a,
                                    start, length, h, m0, kind, window, total, tid)
-                        load_chunk(2 * pair + 3, k, v, s, gcum, stage_b, s_b, g_b, g_last_b, decay_b,
+                        load_chunk(2 * pair + 3, k, v, s, gcum, stage_b, s_b, g_b, g_last_b,
                                    start, length, h, m0, kind, window, total, tid)
                         if 2 * pair < chunks:
                             store_tile(kind, fc, start_k, start_v, first + 2 * pair, h, m0, tid)
