@@ -31,6 +31,7 @@ from .targets import max_shared_bytes
 
 log = logging.getLogger(__name__)
 
+THREADS_PER_SM = 2048  # resident threads an SM holds (sm_80, sm_90)
 LONG_WINDOW_CHUNKS = 4  # windows of this many chunks or more take the output pass's attend_long
 
 
@@ -88,6 +89,7 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
     return {
         **layout,
         "gates": ("chunk_gate_cumsum", dict(H=H, M=M, C=C, gate_dtype=gate_dtype)),
+        "gates_grouped": ("chunk_gate_cumsum", dict(H=H, M=M, C=C, gate_dtype=gate_dtype, grouped=True)),
         **states,
         **rope,
         "attend": ("chunk_attend_cuda", dict(attend, rope_inside=True) if rope_inside else attend),
@@ -102,6 +104,15 @@ def attend_role(plan: dict, window: int) -> str:
     window's loads; BENCHMARKS.md) and reads RoPE'd copies of q and k (rotating each key tile
     once per query chunk would cost more than the RoPE kernels at such windows)."""
     return "attend_long" if "attend_long" in plan and window >= LONG_WINDOW_CHUNKS * CHUNK_SIZE else "attend"
+
+
+def gates_role(*, chunks: int, H: int, M: int, sms: int) -> str:
+    """The gate pass's role for ``chunks`` chunks on a GPU of ``sms`` SMs: where its threads (one
+    per chunk, kv head and slot) fill every SM once at most (2048 resident threads an SM on
+    sm_80 and sm_90), the variant that loads a group of tokens' gates together (H200, H = 16,
+    M = 64: 10.6 us against 19.0 at T = 2048, 30.4 against 31.4 at 8192; slower past that,
+    114.6 against 108.2 at 32768; ``kernels/chunk_gates.py``)."""
+    return "gates_grouped" if chunks * H * M <= THREADS_PER_SM * sms else "gates"
 
 
 def state_fused_role(*, N: int, H: int, M: int, sms: int) -> str:

@@ -14,7 +14,7 @@ from torch import Tensor
 from nha_tvm.schedules import CHUNK_SIZE
 
 from .compiler import get_kernel
-from .kernel_plan import attend_role, decode_kernel, prefill_kernels, state_fused_role
+from .kernel_plan import attend_role, decode_kernel, gates_role, prefill_kernels, state_fused_role
 from .targets import arch_name, sm_count
 from .validation import dtype_name
 
@@ -93,8 +93,8 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         q_rot, k_rot = q3, k3
     if chunked:
         gcum = new_output(total, H, M, dtype=torch.float32, device=dev)
-        kernel("gates", window=window)(g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, s3, window,
-                                       int(s is None))
+        kernel(gates_role(chunks=num_chunks, H=H, M=M, sms=sm_count(dev)), window=window)(
+            g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, s3, window, int(s is None))
         if state_role == "state_fused":
             kernel(state_fused_role(N=N, H=H, M=M, sms=sm_count(dev)), window=window)(
                 k3, v3, s3, gcum, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv, window)

@@ -16,8 +16,8 @@ from tvm.tirx.build import split_host_device_mods
 
 from nha_tvm.compiler import build
 from nha_tvm.kernels import KERNELS as DEFINITIONS
-from nha_tvm.kernel_plan import (LONG_WINDOW_CHUNKS, attend_role, decode_kernel, launchable, prefill_kernels,
-                                  state_fused_role)
+from nha_tvm.kernel_plan import (LONG_WINDOW_CHUNKS, attend_role, decode_kernel, gates_role, launchable,
+                                  prefill_kernels, state_fused_role)
 from nha_tvm.kernels.cuda.chunk_attend import key_value_bytes, key_value_scope, shared_bytes, tile_layout
 from nha_tvm.schedules import CHUNK_SIZE, default_schedule, rule_for
 from nha_tvm.targets import target_for
@@ -196,3 +196,17 @@ def test_big_batches_take_the_fused_state_pass_with_launch_bounds():
         ["state_fused", "state_fused", "state_fused_wide", "state_fused_wide"]
     sources = [build(*plan[role], "sm_90").mod.imports[0].inspect_source() for role in ("state_fused", "state_fused_wide")]
     assert "__launch_bounds__(256)" in sources[0] and "__launch_bounds__(256, 2)" in sources[1]
+
+
+def test_small_launches_take_the_grouped_gate_pass():
+    """The gate pass's variant that loads 32 tokens' gates together: in the plan beside the
+    plain one, taken while the plain one's threads fill the SMs once at most (132 SMs, H = 16,
+    M = 64: up to 264 chunks, T = 8192 at B = 1 but not 32768, nor B = 8 at 4096)."""
+    sizes = dict(HQ=16, H=16, K=128, V=128, M=64, io_dtype="bfloat16", gate_dtype="float32", arch="sm_90")
+    plan = prefill_kernels(**sizes)
+    assert plan["gates_grouped"] == ("chunk_gate_cumsum", dict(plan["gates"][1], grouped=True))
+    chunks = [T // CHUNK_SIZE + B for B, T in ((1, 2048), (1, 8192), (1, 32768), (8, 8 * 4096))]
+    assert [gates_role(chunks=c, H=16, M=64, sms=132) for c in chunks] == \
+        ["gates_grouped", "gates_grouped", "gates", "gates"]
+    plain, grouped = (build(*plan[role], "sm_90").mod.imports[0].inspect_source() for role in ("gates", "gates_grouped"))
+    assert "shifted_ptr[31] = " in grouped and "shifted_ptr" not in plain

@@ -52,14 +52,15 @@ def _chunk_prefix_sums(g, cu, C, W):
     return out
 
 
-def test_chunk_gate_prefix_sums():
+@pytest.mark.parametrize("grouped", [False, True], ids=["plain", "grouped"])
+def test_chunk_gate_prefix_sums(grouped):
     H, M, C, W = 2, 5, 64, 3
     cu = torch.tensor([0, 70, 200, 200], dtype=torch.int32)  # the last sequence is empty
     chunk_offsets = torch.tensor([0, 2, 5, 5], dtype=torch.int32)
     chunk_seq = torch.tensor([0, 0, 1, 1, 1, 3, 3], dtype=torch.int32)  # two padding chunks
     g = -torch.rand(200, H, M)
     g[::3] *= 1e-6  # gates a hair from 1: s = 1 - exp(g) must keep its digits
-    cumsum = get_kernel("chunk_gate_cumsum", "cpu", H=H, M=M, C=C, gate_dtype="float32")
+    cumsum = get_kernel("chunk_gate_cumsum", "cpu", H=H, M=M, C=C, gate_dtype="float32", grouped=grouped)
     out, s = torch.full_like(g, float("nan")), torch.full_like(g, float("nan"))
     cumsum(g, cu, chunk_offsets, chunk_seq, out, s, W, 1)
     assert torch.allclose(out, _chunk_prefix_sums(g, cu, C, W), atol=1e-5)

@@ -223,10 +223,10 @@ def test_cross_build_for_sm90_writes_package(tmp_path, isolated):
     assert done.returncode == 0, done.stderr
     manifest = read_manifest(out)
     assert manifest["arch"] == "sm_90" and manifest["versions"] == op_package.build_environment()
-    # heads == kv_heads: one rope module serves q and k
+    # heads == kv_heads: one rope module serves q and k; the gate pass in both variants
     kernels = sorted(m["kernel"] for m in manifest["modules"])
-    assert kernels == ["chunk_attend_cuda", "chunk_gate_cumsum", "chunk_layout", "chunk_state_delta",
-                       "chunk_state_scan", "decode_step_cuda", "rope"]
+    assert kernels == ["chunk_attend_cuda", "chunk_gate_cumsum", "chunk_gate_cumsum", "chunk_layout",
+                       "chunk_state_delta", "chunk_state_scan", "decode_step_cuda", "rope"]
     for module in manifest["modules"]:
         assert hashlib.sha256((out / module["file"]).read_bytes()).hexdigest() == module["sha256"]
         assert (module["arch"], module["dtype"]) == ("sm_90", "bfloat16")

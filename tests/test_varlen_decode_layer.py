@@ -53,6 +53,14 @@ def test_varlen_states_with_the_wide_fused_state_pass(monkeypatch, device, dtype
     check_varlen_states(device, dtype, tol, 64, 100)
 
 
+@pytest.mark.parametrize("device,dtype,tol", [c for c in DEVICE_CASES if c.id.startswith("cuda")])
+def test_varlen_states_with_the_plain_gate_pass(monkeypatch, device, dtype, tol):
+    """The same with the gate pass that loads a gate per step of its sum, which only launches
+    too big for these tests' sizes take (``kernel_plan.gates_role``)."""
+    monkeypatch.setattr(nha_tvm.torch_ops, "gates_role", lambda **sizes: "gates")
+    check_varlen_states(device, dtype, tol, 64, 100)
+
+
 def check_varlen_states(device, dtype, tol, M, W):
     lens = [1, 64, 65, 200, 0, 150]
     cu = torch.tensor([0, *itertools.accumulate(lens)], dtype=torch.int32, device=device)
