@@ -190,7 +190,11 @@ def decode_record(case: DecodeCase, plan: Plan, setup: Setup, clock: Clock) -> d
             return time_graph_steps(steps, clock, warmup=plan.warmup, reps=plan.reps,
                                     min_steps=plan.graph_steps)
         return time_rotated(steps, clock, warmup=plan.warmup, reps=plan.reps)
-    results = {impl: measure(impl, plan, setup, partial(builder, case, setup), time_steps)
+    def time_nha_steps(steps):  # and one step at a time with the host's work in it ("eager")
+        eager = time_rotated(steps, EagerClock(setup.device), warmup=plan.warmup, reps=plan.reps)
+        return {**time_steps(steps), "eager_ms": eager["ms"]}
+    results = {impl: measure(impl, plan, setup, partial(builder, case, setup),
+                             time_nha_steps if impl == "nha" else time_steps)
                for impl, builder in decode_builders(plan.kv_contexts).items()}
     position = steady_state_prompt_len(case.window)   # from here on every step sees a full window
     return {"section": "decode", "name": case.name, "shape": {**asdict(case), "position": position},

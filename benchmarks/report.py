@@ -144,9 +144,10 @@ def setup_paragraphs(meta: dict) -> list:
 def eager_notes(results: dict) -> list:
     if not any(eager_ms(case) is not None for case in results["cases"]):
         return []
-    return ["- NHA eager: one prefill call timed on the host clock up to a device synchronize "
-            "after it, median of the same reps, so the host's Python and launch work is in it "
-            "(as an eager PyTorch caller sees one call); NHA ms and the peers keep it out."]
+    return ["- NHA eager: one prefill call, or one decode step, timed on the host clock up to a "
+            "device synchronize after it, median of the same reps, so the host's Python and launch "
+            "work is in it (as an eager PyTorch caller sees one call); NHA ms and the peers keep it "
+            "out (decode: CUDA graphs)."]
 
 
 def skipped_notes(results: dict) -> list:

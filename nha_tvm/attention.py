@@ -46,13 +46,15 @@ def nha_attention(q, k, v, g, *, window, s=None, scale=None, rope_theta=None,
     if initial_state is not None:
         check_state("initial_state", initial_state, ((N, H, K, M), (N, H, M, V)), q.device)
 
-    if cu_seqlens is None:
-        cu = torch.arange(B + 1, dtype=torch.int32, device=q.device) * T
+    if cu_seqlens is None:  # one op, not an arange and a multiply (each a launch on a GPU)
+        cu = (torch.arange(0, (B + 1) * T, T, dtype=torch.int32, device=q.device) if T
+              else torch.zeros(B + 1, dtype=torch.int32, device=q.device))
     else:
         cu = cu_seqlens.to(torch.int32)
     h0k, h0v = (None, None) if initial_state is None else (
         initial_state[0].contiguous(), initial_state[1].contiguous())
-    packed = [None if x is None else x.contiguous().view(1, B * T, *x.shape[2:]) for x in (q, k, v, g, s)]
+    packed = [x if x is None or (B == 1 and x.is_contiguous()) else x.contiguous().view(1, B * T, *x.shape[2:])
+              for x in (q, k, v, g, s)]
     # a window of the whole batch's tokens sees everything; larger ones would overflow the op's int
     o, hk, hv = torch.ops.nha.prefill(*packed, cu, h0k, h0v, min(window, B * T),
                                       float(K ** -0.5 if scale is None else scale),

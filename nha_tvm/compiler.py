@@ -100,13 +100,11 @@ def get_kernel(kernel: str, arch: str, *, length: int | None = None, window: int
     """The compiled function of ``kernel`` for ``arch``: from a loaded op package, memory, the
     disk cache, or a build. ``length`` (tokens, or the decode batch) and ``window`` pick the
     nearest tuned bucket when tuning records exist."""
-    from .op_package import active_package_id  # imported here: op_package imports this module
-
     # the launch path: resolved once per call signature and environment, then a dict lookup;
     # length and window enter the signature only where there are buckets to choose from, so
     # a new sequence length is no new signature
     param_items = tuple(sorted(params.items()))
-    package_id, tuning_dir = active_package_id(), os.environ.get("NHA_TVM_TUNING_DIR")
+    package_id, tuning_dir = op_package.active_package_id(), os.environ.get("NHA_TVM_TUNING_DIR")
     if _bucket_count(kernel, arch, param_items, package_id, tuning_dir) < 2:
         length = window = None
     return _resolve(kernel, arch, length, window, param_items, package_id, tuning_dir,
@@ -196,3 +194,8 @@ def _verify(path: pathlib.Path) -> str | None:
     except (OSError, ValueError, KeyError, TypeError):
         return "no valid digest beside it"
     return None if sha256_of(path) == expected else "its sha256 differs from the one recorded"
+
+
+# Imported last: op_package imports this module's names, and get_kernel runs on every launch,
+# where an import statement in its body cost 5 us of a call's host time.
+from . import op_package  # noqa: E402

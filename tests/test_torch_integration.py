@@ -49,6 +49,34 @@ def test_torch_compile_fullgraph(device):
     assert rel_err(compiled(q, k, v, g), layer_math(q, k, v, g)) <= 1e-6
 
 
+def test_torch_compile_decode_updates_the_cache():
+    """The decode op mutates the cache in place: compiled (functionalized, then written back) it
+    must leave the cache and the output as eager steps do."""
+    B, H, K, V, M, W = 2, 2, 8, 8, 4, 3
+    eager, compiled_cache = (nha_tvm.NHACache.empty(B, H, K, V, M, W) for _ in range(2))
+    q, k, v, g, _ = make_inputs(B, 2 * W + 1, 4, H, K, V, M, device="cpu")
+
+    def step(q, k, v, g, cache):
+        return nha_tvm.nha_decode(q, k, v, g, cache, rope_theta=10000.0) * 2
+
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True)
+    for t in range(q.shape[1]):  # past W steps, so tokens leave the window into the slots
+        args = (q[:, t], k[:, t], v[:, t], g[:, t])
+        assert torch.equal(compiled(*args, compiled_cache), step(*args, eager))
+    for name in ("hk", "hv", "ring_k", "ring_v", "ring_g", "ring_s", "positions"):
+        assert torch.equal(getattr(compiled_cache, name), getattr(eager, name)), name
+
+
+def test_ops_refuse_inputs_that_require_grad():
+    args = list(prefill_args("cpu"))
+    args[0] = args[0].requires_grad_()
+    with pytest.raises(NotImplementedError, match="torch.ops.nha.prefill has no backward"):
+        torch.ops.nha.prefill(*args)
+    with torch.no_grad():
+        torch.ops.nha.prefill(*args)
+
+
 @pytest.fixture
 def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NHA_TVM_CACHE_DIR", str(tmp_path))
