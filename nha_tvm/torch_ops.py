@@ -24,6 +24,7 @@ from .kernel_plan import attend_role, decode_kernel, gates_role, prefill_kernels
 from .targets import arch_name, sm_count
 from .validation import dtype_name
 
+
 def new_output(*shape, dtype: torch.dtype, device: torch.device) -> Tensor:
     """Every buffer a kernel writes comes from here (the tests poison it)."""
     return torch.empty(*shape, dtype=dtype, device=device)
