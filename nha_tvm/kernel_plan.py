@@ -17,6 +17,8 @@ A decode step is likewise the fused CUDA kernel or the portable one.
 import functools
 import logging
 import math
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from tvm.s_tir import Schedule
 
@@ -48,11 +50,18 @@ def prefill_algorithm(*, arch: str, K: int, V: int, M: int, io_dtype: str) -> st
     return "chunked"
 
 
+@functools.lru_cache(maxsize=None)
 def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
-                    gate_dtype: str, arch: str) -> dict[str, tuple[str, dict]]:
+                    gate_dtype: str, arch: str) -> Mapping[str, tuple[str, dict]]:
     """Role -> (kernel, static params) for a prefill on ``arch``. Both algorithms start with
     the index tables of the packed batch (``chunk_layout``); the RoPE kernels rotate the queries
-    and the keys when RoPE is on and the output pass does not rotate them itself (``rope_inside``)."""
+    and the keys when RoPE is on and the output pass does not rotate them itself (``rope_inside``).
+    Memoized (every prefill call asks, and the answer took 6 us to build), hence read-only."""
+    return MappingProxyType(_prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=io_dtype,
+                                             gate_dtype=gate_dtype, arch=arch))
+
+
+def _prefill_kernels(*, HQ, H, K, V, M, io_dtype, gate_dtype, arch) -> dict[str, tuple[str, dict]]:
     C = CHUNK_SIZE
     layout = {"layout": ("chunk_layout", dict(C=C))}
     rope = {"rope_q": ("rope", dict(heads=HQ, K=K, io_dtype=io_dtype)),
