@@ -160,15 +160,22 @@ def decode_cost(case: DecodeCase, plan: Plan, setup: Setup, position: int) -> di
                                tokens=1, start=position, **dims)}
 
 
+def with_eager(time_fn, plan: Plan, setup: Setup):
+    """time_fn, and the same calls one at a time with the host's work in them (the report's
+    "eager" column: ``timing.EagerClock``)."""
+    def timed(calls):
+        eager = time_rotated(calls, EagerClock(setup.device), warmup=plan.warmup, reps=plan.reps)
+        return {**time_fn(calls), "eager_ms": eager["ms"]}
+    return timed
+
+
 def prefill_record(case: PrefillCase, plan: Plan, setup: Setup, clock: Clock, measured: dict) -> dict:
     """NHA and every prefill peer on one shape. `measured` keeps the results of the peers that
     do not depend on W, so each is timed once per (batch, length)."""
     def time_calls(calls):
         return time_rotated(calls, clock, warmup=plan.warmup, reps=plan.reps)
 
-    def time_nha(calls):  # and on the same inputs with the host's work in it (report: "eager")
-        eager = time_rotated(calls, EagerClock(setup.device), warmup=plan.warmup, reps=plan.reps)
-        return {**time_calls(calls), "eager_ms": eager["ms"]}
+    time_nha = with_eager(time_calls, plan, setup)
     results = {}
     for impl, builder in PREFILL_BUILDERS.items():
         key = (impl, case.batch, case.seq_len)
@@ -190,9 +197,7 @@ def decode_record(case: DecodeCase, plan: Plan, setup: Setup, clock: Clock) -> d
             return time_graph_steps(steps, clock, warmup=plan.warmup, reps=plan.reps,
                                     min_steps=plan.graph_steps)
         return time_rotated(steps, clock, warmup=plan.warmup, reps=plan.reps)
-    def time_nha_steps(steps):  # and one step at a time with the host's work in it ("eager")
-        eager = time_rotated(steps, EagerClock(setup.device), warmup=plan.warmup, reps=plan.reps)
-        return {**time_steps(steps), "eager_ms": eager["ms"]}
+    time_nha_steps = with_eager(time_steps, plan, setup)
     results = {impl: measure(impl, plan, setup, partial(builder, case, setup),
                              time_nha_steps if impl == "nha" else time_steps)
                for impl, builder in decode_builders(plan.kv_contexts).items()}

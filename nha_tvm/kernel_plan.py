@@ -33,7 +33,6 @@ from .targets import max_shared_bytes
 
 log = logging.getLogger(__name__)
 
-THREADS_PER_SM = 2048  # resident threads an SM holds (sm_80, sm_90)
 LONG_WINDOW_CHUNKS = 4  # windows of this many chunks or more take the output pass's attend_long
 
 
@@ -56,7 +55,8 @@ def prefill_kernels(*, HQ: int, H: int, K: int, V: int, M: int, io_dtype: str,
     """Role -> (kernel, static params) for a prefill on ``arch``. Both algorithms start with
     the index tables of the packed batch (``chunk_layout``); the RoPE kernels rotate the queries
     and the keys when RoPE is on and the output pass does not rotate them itself (``rope_inside``).
-    Memoized (every prefill call asks, and the answer took 6 us to build), hence read-only."""
+    Memoized (every prefill call asks, and the answer took 6 us to build), hence read-only,
+    the params dicts inside it too: callers copy before they change one."""
     return MappingProxyType(_prefill_kernels(HQ=HQ, H=H, K=K, V=V, M=M, io_dtype=io_dtype,
                                              gate_dtype=gate_dtype, arch=arch))
 
@@ -106,7 +106,7 @@ def _prefill_kernels(*, HQ, H, K, V, M, io_dtype, gate_dtype, arch) -> dict[str,
     }
 
 
-def attend_role(plan: dict, window: int) -> str:
+def attend_role(plan: Mapping, window: int) -> str:
     """The plan's output pass for ``window``: from LONG_WINDOW_CHUNKS chunks on, the variant
     whose window loop loads value tiles a tile ahead (H200: 9 % faster at W = T = 8192, 1 % at
     W = 512, 4 % slower at W = 64, where the tiles past the last one it loads are a third of its
@@ -115,13 +115,14 @@ def attend_role(plan: dict, window: int) -> str:
     return "attend_long" if "attend_long" in plan and window >= LONG_WINDOW_CHUNKS * CHUNK_SIZE else "attend"
 
 
-def gates_role(*, chunks: int, H: int, M: int, sms: int) -> str:
-    """The gate pass's role for ``chunks`` chunks on a GPU of ``sms`` SMs: where its threads (one
-    per chunk, kv head and slot) fill every SM once at most (2048 resident threads an SM on
-    sm_80 and sm_90), the variant that loads a group of tokens' gates together (H200, H = 16,
-    M = 64: 10.6 us against 19.0 at T = 2048, 30.4 against 31.4 at 8192; slower past that,
-    114.6 against 108.2 at 32768; ``kernels/chunk_gates.py``)."""
-    return "gates_grouped" if chunks * H * M <= THREADS_PER_SM * sms else "gates"
+def gates_role(*, chunks: int, H: int, M: int, sms: int, threads_per_sm: int) -> str:
+    """The gate pass's role for ``chunks`` chunks on a GPU of ``sms`` SMs holding
+    ``threads_per_sm`` resident threads each: where the plain pass's threads (one per chunk, kv
+    head and slot) fill every SM once at most, the variant that loads a group of tokens' gates
+    together (H200, H = 16, M = 64: 10.6 us against 19.0 at T = 2048; 30.4 against 31.4 at 8192,
+    within the next run's noise; slower past that, 114.6 against 108.2 at 32768;
+    ``kernels/chunk_gates.py``). The threshold between 129 and 264 chunks was not measured."""
+    return "gates_grouped" if chunks * H * M <= threads_per_sm * sms else "gates"
 
 
 def state_fused_role(*, N: int, H: int, M: int, sms: int) -> str:

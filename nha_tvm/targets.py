@@ -68,5 +68,15 @@ def max_shared_bytes(arch: str) -> int:
     return MAX_SHARED_BYTES.get(capability(arch), 48 << 10)
 
 
+# Resident threads per SM, by compute capability (the same table); an arch not listed gets
+# the 1024 of the smallest.
+MAX_THREADS_PER_SM = {(7, 0): 2048, (7, 5): 1024, (8, 0): 2048, (8, 6): 1536, (8, 7): 2048,
+                      (8, 9): 1536, (9, 0): 2048}
+
+
+def max_threads_per_sm(arch: str) -> int:
+    return MAX_THREADS_PER_SM.get(capability(arch), 1024)
+
+
 def target_for(arch: str) -> tvm.target.Target:
     return cpu_target() if arch == "cpu" else cuda_target(arch)

@@ -4,7 +4,7 @@ They are defined with ``torch.library.Library`` (a schema, a kernel per device, 
 and an autograd kernel), not ``torch.library.custom_op``: the latter's Python wrappers cost
 about 100 us a call on a decode step's 15 arguments, against 6 us through the dispatcher
 (torch 2.13, CPU), and an eager decode step of a few tens of microseconds of GPU time is paced
-by its host.
+by its host. Called with inputs that require grad (grad mode on), the ops raise at once.
 
 Each op allocates its outputs with torch (so CUDA graphs and the caching allocator see them),
 derives the varlen index tables with a kernel on the device (no host sync), and calls the compiled
@@ -21,8 +21,8 @@ from nha_tvm.schedules import CHUNK_SIZE
 
 from .compiler import get_kernel
 from .kernel_plan import attend_role, decode_kernel, gates_role, prefill_kernels, state_fused_role
-from .targets import arch_name, sm_count
-from .validation import dtype_name
+from .targets import arch_name, max_threads_per_sm, sm_count
+from .validation import check_no_grad, dtype_name
 
 
 def new_output(*shape, dtype: torch.dtype, device: torch.device) -> Tensor:
@@ -47,23 +47,29 @@ DECODE_SCHEMA = ("decode(Tensor q, Tensor k, Tensor v, Tensor g, Tensor? s, Tens
 
 def _register(schema: str, kernel, fake) -> None:
     """The op of ``schema``: ``kernel`` on CPU and CUDA tensors, ``fake`` for tracing, and an
-    autograd kernel that refuses inputs requiring grad (the kernels have no backward) and
-    otherwise goes on to ``kernel``."""
+    autograd kernel. That one refuses inputs requiring grad when grad mode is on (the kernels
+    have no backward: without it an op with no autograd kernel would give such inputs silently
+    wrong gradients, with a warning at backward time), bumps the version counters of the
+    tensors the op writes (what autograd checks saved tensors against), and goes on to
+    ``kernel``. The op is tagged pt2-compliant: its schema, fake kernel and opcheck tests make
+    it so for torch.compile."""
     name = schema.split("(", 1)[0]
-    _LIBRARY.define(schema)
+    _LIBRARY.define(schema, tags=(torch.Tag.pt2_compliant_tag,))
     for key in ("CPU", "CUDA"):
         _LIBRARY.impl(name, kernel, key)
     torch.library.register_fake(f"nha::{name}", fake, lib=_LIBRARY)
     op = getattr(torch.ops.nha, name).default
+    written = [i for i, arg in enumerate(op._schema.arguments) if arg.alias_info is not None and arg.alias_info.is_write]
 
-    def no_grad_kernel(*args):
-        if torch.is_grad_enabled() and any(isinstance(x, Tensor) and x.requires_grad for x in args):
-            raise NotImplementedError(f"torch.ops.nha.{name} has no backward pass: call it under "
-                                      "torch.no_grad() or on tensors that do not require grad")
+    def autograd_kernel(*args):
+        check_no_grad(x for x in args if isinstance(x, Tensor))
         with torch._C._AutoDispatchBelowAutograd():
-            return op(*args)
+            out = op(*args)
+        if written:
+            torch.autograd.graph.increment_version([args[i] for i in written])
+        return out
 
-    _LIBRARY.impl(name, no_grad_kernel, "Autograd")
+    _LIBRARY.impl(name, autograd_kernel, "Autograd")
 
 
 def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_seqlens: Tensor,
@@ -129,7 +135,8 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         q_rot, k_rot = q3, k3
     if chunked:
         gcum = new_output(total, H, M, dtype=torch.float32, device=dev)
-        kernel(gates_role(chunks=num_chunks, H=H, M=M, sms=sm_count(dev)), window=window)(
+        kernel(gates_role(chunks=num_chunks, H=H, M=M, sms=sm_count(dev), threads_per_sm=max_threads_per_sm(arch)),
+               window=window)(
             g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, s3, window, int(s is None))
         if state_role == "state_fused":
             kernel(state_fused_role(N=N, H=H, M=M, sms=sm_count(dev)), window=window)(

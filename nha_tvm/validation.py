@@ -97,11 +97,12 @@ def check_common(q, k, v, g, s, *, s_layout: str, cache_ring=None) -> None:
         check_device_and_dtype(named | {"cache": cache_ring}, same_dtype=("q", "k", "v", "cache"))
     if s is not None:
         check_device_and_dtype({"g": g, "s": s}, same_dtype=("g", "s"))
-    check_no_grad(**named)
+    check_no_grad(named.values())
 
 
-def check_no_grad(**named) -> None:
-    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in named.values()):
+def check_no_grad(tensors) -> None:
+    """Refuses, in grad mode, any of ``tensors`` (None allowed) that requires grad."""
+    if torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors):
         raise NotImplementedError("nha_tvm kernels have no backward pass yet: call them under "
                                   "torch.no_grad() or on tensors that do not require grad")
 

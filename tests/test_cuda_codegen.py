@@ -20,7 +20,7 @@ from nha_tvm.kernel_plan import (LONG_WINDOW_CHUNKS, attend_role, decode_kernel,
                                   prefill_kernels, state_fused_role)
 from nha_tvm.kernels.cuda.chunk_attend import key_value_bytes, key_value_scope, shared_bytes, tile_layout
 from nha_tvm.schedules import CHUNK_SIZE, default_schedule, rule_for
-from nha_tvm.targets import target_for
+from nha_tvm.targets import max_threads_per_sm, target_for
 
 SHAPES = dict(HQ=16, H=8, K=128, V=128, M=64)
 KERNELS = [
@@ -206,7 +206,10 @@ def test_small_launches_take_the_grouped_gate_pass():
     plan = prefill_kernels(**sizes)
     assert plan["gates_grouped"] == ("chunk_gate_cumsum", dict(plan["gates"][1], grouped=True))
     chunks = [T // CHUNK_SIZE + B for B, T in ((1, 2048), (1, 8192), (1, 32768), (8, 8 * 4096))]
-    assert [gates_role(chunks=c, H=16, M=64, sms=132) for c in chunks] == \
-        ["gates_grouped", "gates_grouped", "gates", "gates"]
+    assert [gates_role(chunks=c, H=16, M=64, sms=132, threads_per_sm=max_threads_per_sm("sm_90"))
+            for c in chunks] == ["gates_grouped", "gates_grouped", "gates", "gates"]
+    # an SM of sm_89 holds 1536 threads: up to 192 chunks on 128 SMs (an RTX 4090)
+    assert [gates_role(chunks=c, H=16, M=64, sms=128, threads_per_sm=max_threads_per_sm("sm_89"))
+            for c in (192, 193)] == ["gates_grouped", "gates"]
     plain, grouped = (build(*plan[role], "sm_90").mod.imports[0].inspect_source() for role in ("gates", "gates_grouped"))
     assert "shifted_ptr[31] = " in grouped and "shifted_ptr" not in plain

@@ -20,6 +20,14 @@ def prefill_args(device, with_s=True):
     return (q, k, v, g, s, cu, None, None, 5, 0.3, 10000.0)
 
 
+def decode_args(device="cpu"):
+    B, H, K, V, M, W = 2, 2, 8, 8, 4, 3
+    cache = nha_tvm.NHACache.empty(B, H, K, V, M, W, device=device)
+    q, k, v, g, s = (x[:, 0] for x in make_inputs(B, 1, 4, H, K, V, M, device=device, with_s=True))
+    return (q, k, v, g, s, cache.hk, cache.hv, cache.ring_k, cache.ring_v, cache.ring_g,
+            cache.ring_s, cache.positions, W, 0.35, None)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_s", [True, False], ids=["explicit_s", "default_s"])
 def test_opcheck_prefill(device, with_s):
@@ -28,12 +36,7 @@ def test_opcheck_prefill(device, with_s):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_decode(device):
-    B, H, K, V, M, W = 2, 2, 8, 8, 4, 3
-    cache = nha_tvm.NHACache.empty(B, H, K, V, M, W, device=device)
-    q, k, v, g, s = (x[:, 0] for x in make_inputs(B, 1, 4, H, K, V, M, device=device, with_s=True))
-    args = (q, k, v, g, s, cache.hk, cache.hv, cache.ring_k, cache.ring_v, cache.ring_g,
-            cache.ring_s, cache.positions, W, 0.35, None)
-    torch.library.opcheck(torch.ops.nha.decode.default, args)
+    torch.library.opcheck(torch.ops.nha.decode.default, decode_args(device))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -49,9 +52,27 @@ def test_torch_compile_fullgraph(device):
     assert rel_err(compiled(q, k, v, g), layer_math(q, k, v, g)) <= 1e-6
 
 
+def test_decode_schema_marks_the_cache_written():
+    """What functionalization (torch.compile) and autograd go by: the decode op writes exactly
+    its cache tensors, the prefill op nothing."""
+    def written(op):
+        return [a.name for a in op._schema.arguments if a.alias_info is not None and a.alias_info.is_write]
+
+    assert written(torch.ops.nha.decode.default) == ["hk", "hv", "ring_k", "ring_v", "ring_g", "ring_s", "pos"]
+    assert written(torch.ops.nha.prefill.default) == []
+    for op in (torch.ops.nha.decode.default, torch.ops.nha.prefill.default):
+        assert torch.Tag.pt2_compliant_tag in op.tags
+
+
+def test_decode_bumps_the_version_of_what_it_writes():
+    args = decode_args()
+    before = [x._version for x in args[5:12]]
+    torch.ops.nha.decode(*args)
+    assert all(x._version > v for x, v in zip(args[5:12], before))
+
+
 def test_torch_compile_decode_updates_the_cache():
-    """The decode op mutates the cache in place: compiled (functionalized, then written back) it
-    must leave the cache and the output as eager steps do."""
+    """Compiled, the decode steps leave the cache and the output as eager steps do."""
     B, H, K, V, M, W = 2, 2, 8, 8, 4, 3
     eager, compiled_cache = (nha_tvm.NHACache.empty(B, H, K, V, M, W) for _ in range(2))
     q, k, v, g, _ = make_inputs(B, 2 * W + 1, 4, H, K, V, M, device="cpu")
@@ -68,13 +89,15 @@ def test_torch_compile_decode_updates_the_cache():
         assert torch.equal(getattr(compiled_cache, name), getattr(eager, name)), name
 
 
-def test_ops_refuse_inputs_that_require_grad():
-    args = list(prefill_args("cpu"))
+@pytest.mark.parametrize("op, make_args", [(torch.ops.nha.prefill, lambda: prefill_args("cpu")),
+                                           (torch.ops.nha.decode, decode_args)], ids=["prefill", "decode"])
+def test_ops_refuse_inputs_that_require_grad(op, make_args):
+    args = list(make_args())
     args[0] = args[0].requires_grad_()
-    with pytest.raises(NotImplementedError, match="torch.ops.nha.prefill has no backward"):
-        torch.ops.nha.prefill(*args)
+    with pytest.raises(NotImplementedError, match="no backward pass"):
+        op(*args)
     with torch.no_grad():
-        torch.ops.nha.prefill(*args)
+        op(*args)
 
 
 @pytest.fixture

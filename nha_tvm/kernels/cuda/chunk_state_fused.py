@@ -98,6 +98,11 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
         its element (lane // (SLOTS / lanes)) % lanes."""
         return slot % lanes * (SLOTS // lanes) + slot // lanes
 
+    # the first lanes' first vectors of w hold every slot (vector_col at j = 0), and each such
+    # lane sends the element that decay_source expects of it
+    assert all(decay_source(m) < 32 and decay_source(m) % (SLOTS // lanes) * lanes
+               + decay_source(m) // (SLOTS // lanes) % lanes == m for m in range(SLOTS))
+
     def last_of(i, start, length, total):
         """The position of chunk i's last token (clamped to the sequence, and to the batch)."""
         return T.max(T.min(start + T.min((i + 1) * C, length) - 1, total - 1), 0)
