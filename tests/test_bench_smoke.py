@@ -70,3 +70,18 @@ def test_ab_runs_of_a_build_compare_equal_and_a_changed_output_shows(tmp_path):
     torch.save(changed, tmp_path / first.name.replace("a-", "c-", 1))
     table = profile_prefill("--compare", tmp_path, "a", "b", "c")
     assert table.count("b: equal") == 2 and table.count("c: max diff") == 1 and table.count("c: -") == 1
+
+
+def test_host_profile_reports_both_calls(tmp_path):
+    """profile_host.py on the CPU: the host time of a prefill and of a decode step, each with
+    the functions it spent it in."""
+    env = dict(os.environ, NHA_TVM_CACHE_DIR=str(tmp_path / "kernels"))
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "profile_host.py"), "--device", "cpu",
+                           "--smoke", "--batches", "1", "--top", "5"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = done.stdout.split("== ")[1:]
+    assert [r.split(":")[0] for r in reports] == ["prefill B=1 T=128 W=16", "decode B=2 W=16"]
+    for report in reports:
+        assert float(report.split(": ")[1].split(" us")[0]) > 0
+        assert "nha_tvm/torch_ops.py" in report  # the op's own work is among the top five
