@@ -135,11 +135,12 @@ def prefill(q: Tensor, k: Tensor, v: Tensor, g: Tensor, s: Optional[Tensor], cu_
         q_rot, k_rot = q3, k3
     if chunked:
         gcum = new_output(total, H, M, dtype=torch.float32, device=dev)
-        kernel(gates_role(chunks=num_chunks, H=H, M=M, sms=sm_count(dev), threads_per_sm=max_threads_per_sm(arch)),
+        sms = sm_count(dev)
+        kernel(gates_role(chunks=num_chunks, H=H, M=M, sms=sms, threads_per_sm=max_threads_per_sm(arch)),
                window=window)(
             g3, cu_seqlens, chunk_offsets, chunk_seq, gcum, s3, window, int(s is None))
         if state_role == "state_fused":
-            kernel(state_fused_role(N=N, H=H, M=M, sms=sm_count(dev)), window=window)(
+            kernel(state_fused_role(N=N, H=H, M=M, sms=sms), window=window)(
                 k3, v3, s3, gcum, cu_seqlens, chunk_offsets, h0k, h0v, chunk_k, chunk_v, hk, hv, window)
         else:
             delta_k = new_output(num_chunks, H, K, M, dtype=torch.float32, device=dev)

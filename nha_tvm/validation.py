@@ -85,7 +85,8 @@ def check_scalars(scale, rope_theta, head_dim: int) -> None:
 
 def check_common(q, k, v, g, s, *, s_layout: str, cache_ring=None) -> None:
     """What prefill and decode share: s (when given) shaped like g; every tensor on one device;
-    q, k, v (and the cache's ring) of one dtype, g and s of one dtype; no autograd."""
+    q, k, v (and the cache's ring) of one dtype, g and s of one dtype. Inputs that require grad
+    are refused by the ops themselves (``torch_ops``: ``check_no_grad``)."""
     if s is not None:
         check_tensor("s", s, g.dim(), s_layout)
         if s.shape != g.shape:
@@ -97,7 +98,6 @@ def check_common(q, k, v, g, s, *, s_layout: str, cache_ring=None) -> None:
         check_device_and_dtype(named | {"cache": cache_ring}, same_dtype=("q", "k", "v", "cache"))
     if s is not None:
         check_device_and_dtype({"g": g, "s": s}, same_dtype=("g", "s"))
-    check_no_grad(named.values())
 
 
 def check_no_grad(tensors) -> None:

@@ -91,17 +91,20 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
     def w_slot(j, tid):
         return vector_col(j, tid, C, SLOTS, lanes)
 
+    def sent_element(lane):
+        """The element of its first vector of last gate sums that ``lane`` sends (``sent``)."""
+        return lane // (SLOTS // lanes) % lanes
+
     def decay_source(slot):
         """The lane whose ``sent`` value is the last gate sum of ``slot``: w's vectors deal a
         token's SLOTS slots to SLOTS / lanes neighbouring lanes (``w_slot``), so the lanes that
-        hold slot m are those = m // lanes modulo SLOTS / lanes, at element m % lanes; each sends
-        its element (lane // (SLOTS / lanes)) % lanes."""
+        hold slot m are those = m // lanes modulo SLOTS / lanes, at element m % lanes."""
         return slot % lanes * (SLOTS // lanes) + slot // lanes
 
     # the first lanes' first vectors of w hold every slot (vector_col at j = 0), and each such
     # lane sends the element that decay_source expects of it
     assert all(decay_source(m) < 32 and decay_source(m) % (SLOTS // lanes) * lanes
-               + decay_source(m) // (SLOTS // lanes) % lanes == m for m in range(SLOTS))
+               + sent_element(decay_source(m)) == m for m in range(SLOTS))
 
     def last_of(i, start, length, total):
         """The position of chunk i's last token (clamped to the sequence, and to the batch)."""
@@ -162,7 +165,7 @@ def chunk_state_fused(*, H: int, K: int, V: int, M: int, C: int, kv_dtype: str, 
                 ws[w_token(j, tid) * w_row + w_slot(j, tid) + e] = w_vec[e]
         sent[0] = g_last_next[0]
         for e in T.unroll(1, lanes):  # a select per element, not an indexed register array
-            sent[0] = T.if_then_else(tid % 32 // (SLOTS // lanes) % lanes == e, g_last_next[e], sent[0])
+            sent[0] = T.if_then_else(sent_element(tid % 32) == e, g_last_next[e], sent[0])
         for e in T.unroll(FRAG_C):
             decay[e] = T.if_then_else(i < chunks, T.tvm_warp_shuffle(
                 T.tvm_warp_activemask(), sent[0],
